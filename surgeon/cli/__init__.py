@@ -1,0 +1,91 @@
+"""The ``surgeon`` command line: parse, call one library function, render.
+
+Commands live in their own modules and are imported only when used, so ``surgeon --help`` stays
+instant (no torch import). Every :class:`~surgeon.errors.SurgeonError` becomes one line on stderr
+and a non-zero exit; unexpected exceptions too, unless ``SURGEON_DEBUG=1`` asks for the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import SurgeonError
+
+# name -> (module, attribute, one-line help shown by `surgeon --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "inspect": ("surgeon.cli.inspect", "inspect_cmd", "Describe a checkpoint: family, layers, parameters, shards, manifest."),
+    "import-gguf": ("surgeon.cli.gguf", "import_gguf_cmd", "Convert a GGUF model into a float safetensors checkpoint."),
+    "demo": ("surgeon.cli.demo", "demo_cmd", "Run the main job on the embedded SmolLM2-135M model."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SurgeonError as e:
+            _fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; no output was left behind", 130)
+        except MemoryError:
+            _fail("out of memory", 1, "lower --batch-size / --seq-len / --samples, or use --offload layer where offered")
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001 - last line of defence: one line, no traceback
+            if os.environ.get("SURGEON_DEBUG"):
+                raise
+            if e.__class__.__name__ == "OutOfMemoryError":
+                _fail("out of memory", 1, "lower --batch-size / --seq-len / --samples")
+            _fail(f"unexpected {e.__class__.__name__}: {e}".splitlines()[0], 1,
+                  "rerun with SURGEON_DEBUG=1 for the traceback and please report it")
+
+
+def _fail(message: str, code: int, hint: str | None = None) -> None:
+    click.echo(f"error: {message}" + (f": {hint}" if hint else ""), err=True)
+    sys.exit(code)
+
+
+def _sigterm(signum, frame):  # turn SIGTERM into a normal exit so temp outputs get cleaned up
+    raise KeyboardInterrupt
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="surgeon")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """Model surgery for decoder LLMs: analyze, prune, extract, heal, sort, serve.
+
+    MODEL is a Hugging Face checkpoint folder (config.json + safetensors). Run
+    `surgeon COMMAND --help` for each command's options.
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    if threading_main():
+        signal.signal(signal.SIGTERM, _sigterm)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

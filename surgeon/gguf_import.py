@@ -1,0 +1,83 @@
+"""``surgeon import-gguf``: dequantize a GGUF model into a float safetensors checkpoint.
+
+Uses transformers' own GGUF loader (which needs the ``gguf`` package), so every architecture
+transformers can read from GGUF works here. The model is dequantized in memory (GGUF files are
+small enough that this is the norm), the quantization marker is dropped so the result is a plain
+float checkpoint, and the tokenizer (with its chat template) is written beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CheckpointError, UsageError
+from .io.atomic import atomic_output, check_output
+from .provenance import operation, sha256_file, write_chain
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}
+
+
+@dataclass
+class ImportResult:
+    output: str
+    architecture: str
+    num_layers: int
+    num_parameters: int
+    dtype: str
+    source_sha256: str
+
+
+def import_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "fp32", force: bool = False) -> ImportResult:
+    """Convert ``gguf_file`` into a Hugging Face folder at ``out`` (atomically)."""
+    gguf_file = Path(gguf_file)
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}", "use fp32, bf16 or fp16")
+    if not gguf_file.is_file():
+        raise CheckpointError(f"{gguf_file} does not exist", "give the path of a .gguf file")
+    with open(gguf_file, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise CheckpointError(f"{gguf_file} is not a GGUF file (bad magic)", "give the path of a .gguf file")
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise UsageError("reading GGUF needs the gguf package", "pip install gguf") from None
+    check_output(Path(out), None, force)
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, DTYPES[dtype])
+    folder, name = str(gguf_file.parent), gguf_file.name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch_dtype)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(
+            f"transformers cannot read {gguf_file.name}: {str(e).splitlines()[0]}",
+            "check that its architecture is supported by transformers' GGUF loader",
+        ) from None
+    # Drop the GGUF quantization marker: the weights are now plain floats.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    for attr in ("is_quantized", "quantization_method"):
+        if attr in model.__dict__:
+            delattr(model, attr)
+    model.config.dtype = torch_dtype
+    source_sha = sha256_file(gguf_file)
+    with atomic_output(out, None, force) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_chain(tmp, None, operation(
+            "import-gguf", gguf_file, {"dtype": DTYPES[dtype]}, source_sha256=source_sha,
+        ))
+    n = sum(p.numel() for p in model.parameters())
+    return ImportResult(
+        output=str(out), architecture=model.config.architectures[0] if model.config.architectures else model.config.model_type,
+        num_layers=model.config.num_hidden_layers, num_parameters=n, dtype=DTYPES[dtype], source_sha256=source_sha,
+    )

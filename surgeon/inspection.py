@@ -1,0 +1,128 @@
+"""``surgeon inspect``: what a checkpoint is, from its config and headers alone."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .arch.registry import resolve_family, unknown_layer_keys
+from .io.checkpoint import Checkpoint
+
+MANIFEST_FILE = "sorted_manifest.json"
+
+
+@dataclass
+class ShardInfo:
+    file: str
+    tensors: int
+    bytes: int
+
+
+@dataclass
+class InspectReport:
+    path: str
+    family: str
+    family_inferred: bool
+    architecture: str
+    model_type: str
+    num_layers: int
+    hidden_size: int | None
+    num_attention_heads: int | None
+    num_key_value_heads: int | None
+    head_dim: int | None
+    intermediate_size: int | None
+    vocab_size: int | None
+    tie_word_embeddings: bool
+    num_parameters: int
+    parameters: dict[str, int]  # embedding / layers / final_norm / head / other
+    weight_bytes: int
+    folder_bytes: int
+    dtypes: dict[str, int]  # stored dtype -> parameter count
+    shards: list[ShardInfo]
+    per_layer: dict[str, list] = field(default_factory=dict)
+    layer_count_keys: dict[str, object] = field(default_factory=dict)
+    layer_types: list[str] | None = None
+    manifest: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _manifest_summary(path: Path) -> dict | None:
+    mf = path / MANIFEST_FILE
+    if not mf.is_file():
+        return None
+    try:
+        data = json.loads(mf.read_text(encoding="utf-8"))
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        return {"file": MANIFEST_FILE, "error": f"unreadable: {e.__class__.__name__}"}
+    exits = data.get("exits") if isinstance(data, dict) else None
+    out = {"file": MANIFEST_FILE, "format_version": data.get("format_version") if isinstance(data, dict) else None}
+    if isinstance(exits, list):
+        out["exits"] = [
+            {"name": e.get("name"), "num_layers": len(e.get("layers") or [])} for e in exits if isinstance(e, dict)
+        ]
+    return out
+
+
+def inspect_checkpoint(path: str | Path) -> InspectReport:
+    """Describe a checkpoint folder without loading a tensor."""
+    ckpt = Checkpoint.open(path)
+    cfg = ckpt.text_config
+    fam = resolve_family(cfg, ckpt.tensors)
+    L = ckpt.num_layers
+
+    parts = {"embedding": 0, "layers": 0, "final_norm": 0, "head": 0, "other": 0}
+    for name, info in ckpt.tensors.items():
+        if fam.split_layer_name(name):
+            parts["layers"] += info.numel
+        elif name.startswith(fam.embed + "."):
+            parts["embedding"] += info.numel
+        elif name.startswith(fam.final_norm + "."):
+            parts["final_norm"] += info.numel
+        elif name.startswith(fam.lm_head + "."):
+            parts["head"] += info.numel
+        else:
+            parts["other"] += info.numel
+
+    shards: dict[str, ShardInfo] = {f: ShardInfo(f, 0, (ckpt.path / f).stat().st_size) for f in ckpt.files}
+    for info in ckpt.tensors.values():
+        shards[info.file].tensors += 1
+
+    per_layer = {k: cfg[k] for k in fam.per_layer_lists if isinstance(cfg.get(k), list)}
+    per_layer.update({k: cfg[k] for k in unknown_layer_keys(cfg, fam)})
+    counts = {
+        k: cfg[k]
+        for k in fam.layer_threshold_keys + fam.layer_index_keys + fam.tail_count_keys
+        if k in cfg
+    }
+    heads = cfg.get("num_attention_heads")
+    hidden = cfg.get("hidden_size")
+    head_dim = cfg.get("head_dim") or (hidden // heads if hidden and heads else None)
+    folder_bytes = sum(p.stat().st_size for p in ckpt.path.iterdir() if p.is_file())
+    return InspectReport(
+        path=str(ckpt.path),
+        family=fam.name,
+        family_inferred=fam.inferred,
+        architecture=(cfg.get("architectures") or [fam.architectures[0] if fam.architectures else "?"])[0],
+        model_type=str(cfg.get("model_type")),
+        num_layers=L,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_key_value_heads=cfg.get("num_key_value_heads", heads),
+        head_dim=head_dim,
+        intermediate_size=cfg.get("intermediate_size"),
+        vocab_size=cfg.get("vocab_size"),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", f"{fam.lm_head}.weight" not in ckpt.tensors)),
+        num_parameters=ckpt.num_parameters,
+        parameters=parts,
+        weight_bytes=ckpt.weight_bytes,
+        folder_bytes=folder_bytes,
+        dtypes=ckpt.dtypes,
+        shards=list(shards.values()),
+        per_layer=per_layer,
+        layer_count_keys=counts,
+        layer_types=cfg.get("layer_types") if isinstance(cfg.get("layer_types"), list) else None,
+        manifest=_manifest_summary(ckpt.path),
+    )

