@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("surgeon.cli.inspect", "inspect_cmd", "Describe a checkpoint: family, layers, parameters, shards, manifest."),
     "import-gguf": ("surgeon.cli.gguf", "import_gguf_cmd", "Convert a GGUF model into a float safetensors checkpoint."),
     "demo": ("surgeon.cli.demo", "demo_cmd", "Run the main job on the embedded SmolLM2-135M model."),
+    "prune": ("surgeon.cli.prune", "prune_cmd", "Drop a contiguous block of layers (explicit, similarity or deepest)."),
+    "extract": ("surgeon.cli.extract", "extract_cmd", "Extract a depth sub-model (first K layers + shared norm and head)."),
 }
 
 

@@ -47,3 +47,60 @@ def ranges(indices: list[int]) -> str:
     if start is not None:
         out.append(f"{start}-{prev}" if start != prev else str(start))
     return ", ".join(out) if out else "(none)"
+
+
+def render_plan(plan, c=None) -> None:
+    """Print a plan: kept / dropped ranges, tensors, bytes, config diff."""
+    from rich.table import Table
+
+    c = c or console()
+    d = plan.to_dict()
+    c.print(f"[bold]{plan.operation}[/] {plan.source} ({plan.family}, {plan.num_source_layers} layers)")
+    c.print(f"  keep layers  {ranges(list(plan.kept_layers))}  ({len(plan.kept_layers)} layers)")
+    c.print(f"  drop layers  {ranges(plan.dropped_layers)}")
+    c.print(f"  tensors      {d['num_tensors']} written, {d['dropped_tensors']} dropped; "
+            f"{human_count(d['num_parameters'])} parameters, {human_bytes(d['out_bytes'])}")
+    diff = plan.config_diff()
+    if diff:
+        t = Table("config key", "old", "new", title="config changes", title_justify="left")
+        for k, (old, new) in diff.items():
+            t.add_row(k, _short(old), _short(new))
+        c.print(t)
+
+
+def _short(v) -> str:
+    s = json.dumps(v) if not isinstance(v, str) else v
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+class progress_bar:
+    """Context manager yielding a ``progress(done, total, label)`` callback drawn with rich."""
+
+    def __init__(self, description: str, unit: str = "bytes"):
+        self.description = description
+        self.unit = unit
+
+    def __enter__(self):
+        self._p = None
+        return self.update
+
+    def _start(self):
+        from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeRemainingColumn)
+
+        c = console(stderr=True)
+        size_col = DownloadColumn() if self.unit == "bytes" else MofNCompleteColumn()
+        self._p = Progress(TextColumn("{task.description}"), BarColumn(), size_col, TimeRemainingColumn(),
+                           console=c, transient=True, disable=not c.is_terminal)
+        self._p.__enter__()
+        self._task = self._p.add_task(self.description, total=None)
+
+    def update(self, done: int, total: int, label: str = "") -> None:
+        if self._p is None:
+            self._start()
+        self._p.update(self._task, completed=done, total=total)
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            return self._p.__exit__(*exc)
+        return False

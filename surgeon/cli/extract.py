@@ -1,0 +1,33 @@
+"""surgeon extract MODEL --depth K -o OUT"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..extract import ExtractOptions
+from ..options import build, click_options
+from ._render import console, human_bytes, print_json, progress_bar, render_plan
+
+
+@click.command("extract")
+@click.argument("model", type=click.Path(path_type=Path))
+@click_options(ExtractOptions)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def extract_cmd(model: Path, as_json: bool, **kwargs) -> None:
+    """Extract a sub-model of MODEL: the first --depth layers with the shared final norm and LM head."""
+    from ..extract import extract
+
+    opts = build(ExtractOptions, model=model, **kwargs)
+    c = console()
+    with progress_bar("extracting") as progress:
+        r = extract(opts, progress=progress)
+    if as_json:
+        print_json({"plan": r.plan.to_dict(), "output": r.result.output if r.result else None})
+        return
+    if opts.dry_run:
+        render_plan(r.plan, c)
+        return
+    c.print(f"[green]wrote[/] {r.result.output}: {len(r.plan.kept_layers)} layers, "
+            f"{human_bytes(r.result.bytes_written)} in {r.result.seconds:.1f}s")

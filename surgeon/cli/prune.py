@@ -1,0 +1,44 @@
+"""surgeon prune MODEL --n N [--start S | --strategy similarity|deepest] -o OUT"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..options import build, click_options
+from ..prune import PruneOptions
+from ._render import console, human_bytes, print_json, progress_bar, ranges, render_plan
+
+
+@click.command("prune")
+@click.argument("model", type=click.Path(path_type=Path))
+@click_options(PruneOptions)
+@click.option("--json", "as_json", is_flag=True, help="Print the result (plan, block, output) as JSON.")
+def prune_cmd(model: Path, as_json: bool, **kwargs) -> None:
+    """Drop N consecutive layers of MODEL.
+
+    The block is START..START+N-1 (0-based; START is the first dropped layer) when --start is
+    given; otherwise --strategy picks it: `similarity` drops the block whose input and output
+    residual streams are closest in angular distance (keeping the final layer), `deepest` drops
+    layers L-1-N..L-2.
+    """
+    from ..prune import prune
+
+    opts = build(PruneOptions, model=model, **kwargs)
+    c = console()
+    with progress_bar("pruning") as progress:
+        r = prune(opts, progress=progress)
+    if as_json:
+        print_json({"plan": r.plan.to_dict(), "block": r.extra["block"],
+                    "output": r.result.output if r.result else None})
+        return
+    b = r.block
+    dist = f", angular distance {b.distance:.4f}" if b.distance is not None else ""
+    c.print(f"block [bold]{b.start}..{b.start + b.n - 1}[/] ({b.strategy}{dist})")
+    if opts.dry_run:
+        render_plan(r.plan, c)
+        return
+    c.print(f"kept layers {ranges(list(r.plan.kept_layers))} -> renumbered 0..{len(r.plan.kept_layers) - 1}")
+    c.print(f"[green]wrote[/] {r.result.output}: {len(r.plan.kept_layers)} layers, "
+            f"{human_bytes(r.result.bytes_written)} in {r.result.seconds:.1f}s")

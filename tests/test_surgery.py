@@ -1,0 +1,209 @@
+"""Depth surgery: a rewritten checkpoint equals the same surgery done in memory, to the logit."""
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from surgeon.io.checkpoint import Checkpoint
+from surgeon.surgery import execute, plan_extract_depth, plan_prune
+from surgeon.surgery.inmemory import keep_layers_in_memory
+from tests.conftest import run_cli
+
+IDS = torch.tensor([[1, 17, 42, 99, 7, 250, 3, 64, 12, 5, 301, 77, 8, 19, 200, 33, 45, 11, 90, 120]])
+
+
+def _load(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def _logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def _tree_hash(path):
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("start,n", [(1, 2), (3, 2), (0, 1)])
+def test_prune_equals_in_memory(family_model, tmp_path, start, n):
+    family, path = family_model
+    before = _tree_hash(path)
+    plan = plan_prune(Checkpoint.open(path), start, n)
+    execute(plan, tmp_path / "out")
+    assert _tree_hash(path) == before, "the source must never change"
+
+    out = _load(tmp_path / "out")
+    ref = keep_layers_in_memory(_load(path), list(plan.kept_layers))
+    assert out.config.num_hidden_layers == 6 - n
+    for key in ("layer_types", "max_window_layers"):
+        assert getattr(out.config, key, None) == getattr(ref.config, key, None)
+    diff = (_logits(out) - _logits(ref)).abs().max().item()
+    assert diff <= 1e-5, f"{family}: max abs diff {diff}"
+
+    # generation with a KV cache works and matches the in-memory model
+    g_out = out.generate(IDS[:, :8], max_new_tokens=8, do_sample=False, use_cache=True)
+    g_ref = ref.generate(IDS[:, :8], max_new_tokens=8, do_sample=False, use_cache=True)
+    assert torch.equal(g_out, g_ref)
+    # the cached and uncached paths agree (layer_idx renumbered correctly)
+    g_nocache = out.generate(IDS[:, :8], max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(g_out, g_nocache)
+
+
+def test_extract_depth_equals_in_memory(family_model, tmp_path):
+    family, path = family_model
+    plan = plan_extract_depth(Checkpoint.open(path), 4)
+    execute(plan, tmp_path / "out")
+    out = _load(tmp_path / "out")
+    ref = keep_layers_in_memory(_load(path), [0, 1, 2, 3])
+    assert (_logits(out) - _logits(ref)).abs().max().item() <= 1e-5
+
+
+def test_qwen2_max_window_layers_follows(tiny_models, tmp_path):
+    path = tiny_models["qwen2"]
+    src = json.loads((path / "config.json").read_text())
+    assert src["max_window_layers"] == 3
+    execute(plan_prune(Checkpoint.open(path), 1, 2), tmp_path / "out")
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["max_window_layers"] == 1  # kept 0, 3, 4, 5: one kept layer below the old threshold
+    assert cfg["layer_types"] == [src["layer_types"][i] for i in (0, 3, 4, 5)]
+
+
+def test_gemma3_layer_types_sliced(tiny_models, tmp_path):
+    path = tiny_models["gemma3_text"]
+    execute(plan_prune(Checkpoint.open(path), 2, 2), tmp_path / "out")
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["layer_types"] == ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]
+
+
+def test_sharded_output_and_side_files(tiny_sharded, tmp_path):
+    plan = plan_prune(Checkpoint.open(tiny_sharded), 2, 2)
+    res = execute(plan, tmp_path / "out", max_shard_bytes=150_000)
+    out = tmp_path / "out"
+    assert len(res.files) > 1 and (out / "model.safetensors.index.json").exists()
+    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"):
+        assert (out / f).read_bytes() == (tiny_sharded / f).read_bytes()
+    ckpt = Checkpoint.open(out)  # index and shards agree
+    assert ckpt.num_layers == 4
+    ref = keep_layers_in_memory(_load(tiny_sharded), list(plan.kept_layers))
+    assert (_logits(_load(out)) - _logits(ref)).abs().max().item() <= 1e-5
+    prov = json.loads((out / "surgeon_provenance.json").read_text())["operations"]
+    assert prov[-1]["operation"] == "prune" and prov[-1]["dropped_layers"] == [2, 3]
+
+
+@pytest.mark.parametrize("dtype,expected", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_dtype_conversion(tiny_models, tmp_path, dtype, expected):
+    path = tiny_models["llama"]
+    execute(plan_extract_depth(Checkpoint.open(path), 3, dtype=dtype), tmp_path / "out")
+    ckpt = Checkpoint.open(tmp_path / "out")
+    src = Checkpoint.open(path)
+    for name, t in ckpt.iter_tensors():
+        assert t.dtype == expected
+        assert torch.equal(t, src.get_tensor(name).to(expected))
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == str(expected).split(".")[1]
+
+
+def test_interrupted_run_leaves_nothing(tiny_models, tmp_path):
+    path = tiny_models["llama"]
+    plan = plan_prune(Checkpoint.open(path), 1, 2)
+    calls = 0
+
+    def boom(done, total, name):
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        execute(plan, tmp_path / "out", progress=boom)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_force_replaces_complete_previous_version(tiny_models, tmp_path):
+    path = tiny_models["llama"]
+    execute(plan_prune(Checkpoint.open(path), 1, 2), tmp_path / "out")
+    with pytest.raises(Exception, match="not empty"):
+        execute(plan_prune(Checkpoint.open(path), 1, 1), tmp_path / "out")
+    assert Checkpoint.open(tmp_path / "out").num_layers == 4
+    execute(plan_prune(Checkpoint.open(path), 1, 1), tmp_path / "out", force=True)
+    assert Checkpoint.open(tmp_path / "out").num_layers == 5
+
+
+# ---- CLI ----------------------------------------------------------------------------------
+
+def test_cli_prune_and_extract(tiny_models, tmp_path):
+    path = tiny_models["mistral"]
+    res = run_cli("prune", path, "--start", 2, "--n", 3, "-o", tmp_path / "p")
+    assert res.exit_code == 0, res.stderr
+    assert "0-1, 5" in res.stdout
+    res = run_cli("extract", path, "--depth", 2, "-o", tmp_path / "e")
+    assert res.exit_code == 0 and Checkpoint.open(tmp_path / "e").num_layers == 2
+    res = run_cli("prune", path, "--n", 2, "--strategy", "deepest", "-o", tmp_path / "d", "--json")
+    d = json.loads(res.stdout)
+    assert d["plan"]["dropped_layers"] == [3, 4]  # L-1-n .. L-2
+
+
+def test_cli_dry_run_writes_nothing(tiny_models, tmp_path):
+    res = run_cli("prune", tiny_models["gemma3_text"], "--start", 1, "--n", 2, "-o", tmp_path / "p", "--dry-run")
+    assert res.exit_code == 0 and "layer_types" in res.stdout and "num_hidden_layers" in res.stdout
+    assert not (tmp_path / "p").exists()
+    res = run_cli("extract", tiny_models["llama"], "--depth", 3, "--dry-run")
+    assert res.exit_code == 0 and "keep layers  0-2" in res.stdout
+
+
+def _bad_cases(path, tmp):
+    occupied = tmp / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("precious")
+    return {
+        "n >= layers": (["prune", path, "--start", 0, "--n", 6, "-o", tmp / "o"], "--n 6"),
+        "block past the end": (["prune", path, "--start", 5, "--n", 3, "-o", tmp / "o"], "past the last layer"),
+        "drops the last layer": (["prune", path, "--start", 4, "--n", 2, "-o", tmp / "o"], "--allow-last"),
+        "depth 0": (["extract", path, "--depth", 0, "-o", tmp / "o"], "outside 1..6"),
+        "depth > layers": (["extract", path, "--depth", 7, "-o", tmp / "o"], "outside 1..6"),
+        "occupied output": (["prune", path, "--start", 1, "--n", 2, "-o", occupied], "not empty"),
+        "output == input": (["prune", path, "--start", 1, "--n", 2, "-o", path, "--force"], "is the input model"),
+        "output inside input": (["extract", path, "--depth", 2, "-o", path / "sub"], "inside the input"),
+        "no -o": (["prune", path, "--start", 1, "--n", 2], "--output is required"),
+        "negative start": (["prune", path, "--start", -1, "--n", 2, "-o", tmp / "o"], "--start must be >= 0"),
+    }
+
+
+@pytest.mark.parametrize("case", ["n >= layers", "block past the end", "drops the last layer", "depth 0",
+                                  "depth > layers", "occupied output", "output == input", "output inside input",
+                                  "no -o", "negative start"])
+def test_cli_bad_input(case, tiny_models, tmp_path):
+    import shutil
+
+    path = shutil.copytree(tiny_models["llama"], tmp_path / "model")
+    before = _tree_hash(path)
+    args, expected = _bad_cases(path, tmp_path)[case]
+    res = run_cli(*args)
+    assert res.exit_code != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], res.stderr
+    assert not (tmp_path / "o").exists()
+    assert _tree_hash(path) == before
+    if case == "occupied output":
+        assert (tmp_path / "occupied" / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.slow
+def test_smollm2_prune_equals_in_memory(smollm2, tmp_path):
+    plan = plan_prune(Checkpoint.open(smollm2), 20, 6)
+    execute(plan, tmp_path / "out")
+    out = _load(tmp_path / "out")
+    ref = keep_layers_in_memory(_load(smollm2), list(plan.kept_layers))
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 6017, 30, 378, 2015, 28, 1142]])
+    assert (_logits(out, ids) - _logits(ref, ids)).abs().max().item() <= 1e-5
+    assert torch.equal(out.generate(ids, max_new_tokens=6, do_sample=False),
+                       ref.generate(ids, max_new_tokens=6, do_sample=False))
