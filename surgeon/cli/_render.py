@@ -85,8 +85,14 @@ class progress_bar:
         return self.update
 
     def _start(self):
-        from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         c = console(stderr=True)
         size_col = DownloadColumn() if self.unit == "bytes" else MofNCompleteColumn()
