@@ -50,6 +50,12 @@ def clean_stale(target: Path) -> list[Path]:
             continue
         if pid == os.getpid() or _pid_alive(pid):
             continue
+        if tag == OLD_TAG and not target.exists():
+            # Killed between moving the previous version aside and renaming the new one in:
+            # put the complete previous version back.
+            log.warning("restoring %s from %s, left by an interrupted run (pid %d)", target, p.name, pid)
+            os.rename(p, target)
+            continue
         log.warning("removing %s, left behind by an interrupted run (pid %d)", p, pid)
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
@@ -79,13 +85,13 @@ def check_output(target: Path, source: Path | None = None, force: bool = False) 
 def atomic_output(target: str | os.PathLike, source: Path | None = None, force: bool = False) -> Iterator[Path]:
     """Yield a fresh temp folder; on success it replaces ``target`` in one rename."""
     target = Path(target)
+    clean_stale(target)
     check_output(target, source, force)
     parent = target.parent if str(target.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create {parent}: {e.strerror or e}", "check the -o path and its permissions") from None
-    clean_stale(target)
     tmp = parent / f".{target.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
