@@ -24,7 +24,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "import-gguf": ("surgeon.cli.gguf", "import_gguf_cmd", "Convert a GGUF model into a float safetensors checkpoint."),
     "demo": ("surgeon.cli.demo", "demo_cmd", "Run the main job on the embedded SmolLM2-135M model."),
     "prune": ("surgeon.cli.prune", "prune_cmd", "Drop a contiguous block of layers (explicit, similarity or deepest)."),
-    "extract": ("surgeon.cli.extract", "extract_cmd", "Extract a depth sub-model (first K layers + shared norm and head)."),
+    "extract": ("surgeon.cli.extract", "extract_cmd", "Extract a depth and/or width sub-model (first K layers, first channels/heads)."),
+    "sort-width": ("surgeon.cli.sort_width", "sort_width_cmd", "Sort FFN channels and attention heads by importance (same logits)."),
 }
 
 

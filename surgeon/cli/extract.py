@@ -1,4 +1,4 @@
-"""surgeon extract MODEL --depth K -o OUT"""
+"""surgeon extract MODEL [--depth K | --layers LIST] [--ffn F] [--heads H] -o OUT"""
 
 from __future__ import annotations
 
@@ -16,7 +16,13 @@ from ._render import console, human_bytes, print_json, progress_bar, render_plan
 @click_options(ExtractOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def extract_cmd(model: Path, as_json: bool, **kwargs) -> None:
-    """Extract a sub-model of MODEL: the first --depth layers with the shared final norm and LM head."""
+    """Extract a sub-model of MODEL.
+
+    Depth: the first --depth layers (or --layers) with the shared final norm and LM head. Width:
+    the first --ffn channels and --heads attention heads of every kept layer (fractions or counts,
+    uniform across layers; with GQA heads go in whole KV groups). Run `surgeon sort-width` first so
+    the first channels and heads are the most important ones.
+    """
     from ..extract import extract
 
     opts = build(ExtractOptions, model=model, **kwargs)
@@ -29,5 +35,8 @@ def extract_cmd(model: Path, as_json: bool, **kwargs) -> None:
     if opts.dry_run:
         render_plan(r.plan, c)
         return
+    w = r.plan.options.get("width")
+    if w:
+        c.print(f"width: {w['ffn']} FFN channels, {w['heads']} heads ({w['kv_heads']} KV heads) per layer")
     c.print(f"[green]wrote[/] {r.result.output}: {len(r.plan.kept_layers)} layers, "
             f"{human_bytes(r.result.bytes_written)} in {r.result.seconds:.1f}s")
