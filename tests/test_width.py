@@ -178,3 +178,19 @@ def test_extract_width_cli(tiny_models, tmp_path):
     ckpt = Checkpoint.open(out)
     assert ckpt.tensors["model.layers.0.mlp.gate_up_proj.weight"].shape == (64, 64)
     assert ckpt.tensors["model.layers.0.self_attn.qkv_proj.weight"].shape == ((2 + 1 + 1) * 16, 64)
+
+
+def test_width_mask_equals_extracted_submodel(family_model, tmp_path):
+    """Running the full model under width_mask == loading the extracted narrow checkpoint."""
+    from surgeon.width.masking import width_mask
+
+    family, path = family_model
+    out = tmp_path / "w"
+    execute(plan_width(Checkpoint.open(path), ffn=48, heads=2), out)
+    full = _load(path)
+    before = _logits(full)
+    with width_mask(full, ffn=48, kv_heads=1):
+        masked = _logits(full)
+    assert (masked - _logits(_load(out))).abs().max().item() <= 1e-5
+    assert (masked - before).abs().max().item() > 1e-3  # the mask really changes the model
+    assert (_logits(full) - before).abs().max().item() == 0  # hooks are removed afterwards
