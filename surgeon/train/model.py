@@ -1,0 +1,163 @@
+"""Load a checkpoint trainable: QLoRA (NF4 base + LoRA), plain LoRA, or full fine-tuning.
+
+:func:`load_trainable` reads safetensors only (``use_safetensors=True``; pickles are never
+loaded), puts the model on this process's device (``accelerate.PartialState().device``, so the
+same code serves one CPU, one GPU, or one rank of ``accelerate launch``), and returns a
+``torch.nn.Module`` whose ``requires_grad`` parameters are exactly what the recipe trains.
+
+LoRA targets default to the family's FFN projections from :mod:`surgeon.arch.registry` (the
+pruning paper, App. A.1: ``gate_proj``, ``up_proj``, ``down_proj``; ``gate_up_proj`` and
+``down_proj`` for Phi-3's fused FFN). A target name that matches no linear module raises
+:class:`~surgeon.errors.UsageError` listing the names that exist.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..arch.registry import Family, resolve_family
+from ..errors import CheckpointError, UsageError
+from .config import ModelSetup
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_family(path: str | Path) -> Family:
+    """The registry family of the checkpoint folder ``path`` (headers only, no weights read)."""
+    from ..io.checkpoint import Checkpoint
+
+    ckpt = Checkpoint.open(path)
+    return resolve_family(ckpt.text_config, ckpt.tensors)
+
+
+def default_device():
+    """This process's device: the accelerator's under ``accelerate launch``, else cuda:0 or CPU."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def linear_module_names(model) -> list[str]:
+    """Leaf names of every linear module inside the decoder layers (possible LoRA targets)."""
+    import torch
+
+    names = set()
+    for full, mod in model.named_modules():  # bitsandbytes' Linear4bit subclasses nn.Linear
+        if ".layers." in f".{full}." and isinstance(mod, torch.nn.Linear):
+            names.add(full.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def resolve_targets(setup: ModelSetup, family: Family, model) -> list[str]:
+    """The LoRA target module leaf names: ``setup.target_modules`` or the family's FFN modules."""
+    targets = list(setup.target_modules or family.ffn_modules)
+    available = linear_module_names(model)
+    unknown = [t for t in targets if t not in available]
+    if unknown:
+        raise UsageError(
+            f"--target-modules names {', '.join(unknown)}, which is not a linear module of this {family.name} model",
+            f"choose from {', '.join(available)} (default: the FFN projections {', '.join(family.ffn_modules)})",
+        )
+    return targets
+
+
+def _compute_dtype(device, ckpt_dtype: str | None):
+    """fp32 on CPU (bf16 matmuls are slow there); bf16 on GPUs that support it, else fp32."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_trainable(path: str | Path, setup: ModelSetup, family: Family | None = None, *, device=None):
+    """Load the checkpoint at ``path`` ready to train as ``setup`` says.
+
+    - ``method="lora", quant="nf4"``: the frozen base is quantized to 4-bit NF4 by bitsandbytes
+      while loading (double quantization off, compute in fp32 on CPU / bf16 on GPU), prepared with
+      ``peft.prepare_model_for_kbit_training``, then LoRA adapters (rank ``setup.rank``,
+      alpha ``setup.lora_alpha``, dropout ``setup.dropout``) wrap the target modules.
+    - ``method="lora", quant="none"``: the same LoRA on the float base weights.
+    - ``method="full"``: every parameter trains (fp32 master weights).
+
+    Returns the model in train mode on ``device`` (default :func:`default_device`).
+    Raises UsageError for an unknown target module, CheckpointError if transformers cannot load it.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    family = family or checkpoint_family(path)
+    device = torch.device(device) if device is not None else default_device()
+    dtype = torch.float32 if setup.method == "full" else _compute_dtype(device, None)
+    kwargs: dict = {"dtype": dtype, "use_safetensors": True}
+    if setup.quant == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=False,
+        )
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"transformers cannot load {path}: {str(e).splitlines()[0]}",
+                              "check that MODEL is a complete Hugging Face checkpoint folder") from None
+    if setup.quant != "nf4":
+        model.to(device)
+    model.config.use_cache = False
+    gc_kwargs = {"use_reentrant": False}
+    if setup.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if setup.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        model.train()
+        return model
+
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    targets = resolve_targets(setup, family, model)
+    if setup.quant == "nf4":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=setup.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=gc_kwargs)
+    elif setup.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        model.enable_input_require_grads()
+    lcfg = LoraConfig(r=setup.rank, lora_alpha=setup.lora_alpha, lora_dropout=setup.dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lcfg)
+    model.train()
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("LoRA r=%d alpha=%g on %s (%s): %d trainable parameters", setup.rank, setup.lora_alpha,
+             ", ".join(targets), setup.quant, n_train)
+    return model
+
+
+def unwrap(model):
+    """The underlying module of a DDP / accelerate-wrapped model."""
+    while hasattr(model, "module") and not hasattr(model, "peft_config"):
+        model = model.module
+    return model
+
+
+def trainable_state(model) -> dict:
+    """``{parameter name: tensor}`` of every trainable parameter (detached, contiguous, on CPU)."""
+    return {n: p.detach().to("cpu").contiguous() for n, p in unwrap(model).named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, state: dict) -> None:
+    """Copy a :func:`trainable_state` back into ``model`` (names must match exactly)."""
+    import torch
+
+    params = {n: p for n, p in unwrap(model).named_parameters() if p.requires_grad}
+    missing = sorted(set(params) - set(state))
+    extra = sorted(set(state) - set(params))
+    if missing or extra:
+        raise UsageError(
+            f"the checkpoint's trainable weights do not match this model ({len(missing)} missing, {len(extra)} unexpected, "
+            f"e.g. {(missing or extra)[0]})",
+            "resume with the same model, --method, --rank and --target-modules, or start a fresh run",
+        )
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(state[n].to(p.device, p.dtype))
