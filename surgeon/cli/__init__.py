@@ -23,8 +23,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("surgeon.cli.inspect", "inspect_cmd", "Describe a checkpoint: family, layers, parameters, shards, manifest."),
     "import-gguf": ("surgeon.cli.gguf", "import_gguf_cmd", "Convert a GGUF model into a float safetensors checkpoint."),
     "demo": ("surgeon.cli.demo", "demo_cmd", "Run the main job on the embedded SmolLM2-135M model."),
+    "analyze": ("surgeon.cli.analyze", "analyze_cmd", "Angular distance between layers, best blocks l*(n), heatmap, Block Influence."),
     "prune": ("surgeon.cli.prune", "prune_cmd", "Drop a contiguous block of layers (explicit, similarity or deepest)."),
     "extract": ("surgeon.cli.extract", "extract_cmd", "Extract a depth and/or width sub-model (first K layers, first channels/heads)."),
+    "eval": ("surgeon.cli.eval", "eval_cmd", "Held-out loss, perplexity and KL to the full model of depth exits."),
+    "manifest": ("surgeon.cli.manifest", "manifest_cmd", "Write (measure exits) or validate the sorted manifest."),
     "sort-width": ("surgeon.cli.sort_width", "sort_width_cmd", "Sort FFN channels and attention heads by importance (same logits)."),
 }
 
@@ -53,6 +56,10 @@ class LazyGroup(click.Group):
             _fail("interrupted; no output was left behind", 130)
         except MemoryError:
             _fail("out of memory", 1, "lower --batch-size / --seq-len / --samples, or use --offload layer where offered")
+        except click.UsageError as e:  # bad option value / unknown option: one line, like our own errors
+            parts = e.ctx.command_path.split()[1:] if e.ctx is not None else []
+            name = " ".join(["surgeon", *parts])
+            _fail(e.format_message().rstrip("."), 2, f"see `{name} --help`")
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as e:  # noqa: BLE001 - last line of defence: one line, no traceback

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..arch.registry import Family, resolve_family
-from ..errors import UsageError
+from ..errors import CheckpointError, UsageError
 from ..io.checkpoint import Checkpoint
 from ..io.safetensors_header import DTYPE_BYTES
 from .config import config_diff, slice_layers_config
@@ -116,6 +116,32 @@ def _out_dtype(src_dtype: str, dtype: str | None) -> str:
     return dtype if dtype and src_dtype in FLOAT_DTYPES else src_dtype
 
 
+def check_config_matches_tensors(ckpt: Checkpoint, fam: Family) -> None:
+    """Refuse a checkpoint whose config.json disagrees with its tensors (layer count, embedding shape)."""
+    L = ckpt.num_layers
+    seen = set()
+    for name in ckpt.tensors:
+        split = fam.split_layer_name(name)
+        if split is not None:
+            seen.add(split[0])
+    if seen and seen != set(range(L)):
+        have = max(seen) + 1
+        missing = sorted(set(range(L)) - seen)
+        detail = f"tensors for layers 0..{have - 1}" if not missing or missing[0] >= have else f"no tensors for layer {missing[0]}"
+        raise CheckpointError(f"config.json says num_hidden_layers={L} but the checkpoint has {detail}",
+                              "the config and the tensors disagree; fix num_hidden_layers in config.json")
+    cfg = ckpt.text_config
+    emb = ckpt.tensors.get(f"{fam.embed}.weight")
+    hidden, vocab = cfg.get("hidden_size"), cfg.get("vocab_size")
+    if emb is not None and len(emb.shape) == 2:
+        if isinstance(hidden, int) and emb.shape[1] != hidden:
+            raise CheckpointError(f"config.json says hidden_size={hidden} but {emb.name} has shape {list(emb.shape)}",
+                                  "the config and the tensors disagree; fix hidden_size in config.json")
+        if isinstance(vocab, int) and emb.shape[0] != vocab:
+            raise CheckpointError(f"config.json says vocab_size={vocab} but {emb.name} has shape {list(emb.shape)}",
+                                  "the config and the tensors disagree; fix vocab_size in config.json")
+
+
 def plan_layers(
     ckpt: Checkpoint,
     keep: Sequence[int],
@@ -135,6 +161,7 @@ def plan_layers(
     if bad:
         raise UsageError(f"layer {bad[0]} does not exist (the model has layers 0..{L - 1})", "choose layers inside the model")
     fam = family or resolve_family(ckpt.text_config, ckpt.tensors)
+    check_config_matches_tensors(ckpt, fam)
     out_dtype = normalize_dtype(dtype)
     new_index = {src: dst for dst, src in enumerate(keep)}
 
