@@ -1,0 +1,42 @@
+"""surgeon eval MODEL --exit K | --all-exits --data SPEC [--json]"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..options import build, click_options
+from ..soft.evaluate import EvalOptions
+from ._render import console, print_json, progress_bar
+
+
+@click.command("eval")
+@click.argument("model", type=click.Path(path_type=Path))
+@click_options(EvalOptions)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def eval_cmd(model: Path, as_json: bool, **kwargs) -> None:
+    """Held-out loss and perplexity of depth sub-models of MODEL.
+
+    Sub-model K is the first K layers read through the shared final norm and LM head; all exits
+    come from one forward pass per batch. Also reports KL(full || exit) in nats per token and how
+    often the exit's top-1 token matches the full model's (--no-kl skips both).
+    """
+    from ..soft.evaluate import evaluate_exits
+
+    opts = build(EvalOptions, model=model, **kwargs)
+    with progress_bar("evaluating", unit="sequences") as progress:
+        r = evaluate_exits(opts, progress=progress)
+    if as_json:
+        print_json(r.to_dict())
+        return
+    from rich.table import Table
+
+    c = console()
+    t = Table("exit", "layers", "loss", "perplexity", "KL(full||exit)", "top-1 agree",
+              title=f"{r.model} on {r.data}: {r.tokens} tokens, {r.sequences} sequences", title_justify="left")
+    for q in r.exits:
+        t.add_row(str(q.exit), f"{q.exit}/{r.num_layers}", f"{q.loss:.4f}", f"{q.perplexity:.2f}",
+                  "-" if q.kl_full_exit is None else f"{q.kl_full_exit:.4f}",
+                  "-" if q.top1_agreement is None else f"{q.top1_agreement:.1%}")
+    c.print(t)
