@@ -169,7 +169,7 @@ def exits_ce(mods: ExitModules, hidden: dict, labels, exits: Sequence[int], coef
     if count == 0:  # nothing supervised in this micro-batch: a zero loss that still has a graph
         zero = sum(hidden[n].sum() for n in exits) * 0.0
         return zero.float(), torch.zeros(len(exits)), 0
-    vocab = getattr(mods.head, "out_features", None) or getattr(mods.head, "weight").shape[0]
+    vocab = getattr(mods.head, "out_features", None) or mods.head.weight.shape[0]
     chunk = int(chunk_tokens or default_chunk_tokens(vocab))
     normed = []
     for n in exits:
