@@ -26,9 +26,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "analyze": ("surgeon.cli.analyze", "analyze_cmd", "Angular distance between layers, best blocks l*(n), heatmap, Block Influence."),
     "prune": ("surgeon.cli.prune", "prune_cmd", "Drop a contiguous block of layers (explicit, similarity or deepest)."),
     "extract": ("surgeon.cli.extract", "extract_cmd", "Extract a depth and/or width sub-model (first K layers, first channels/heads)."),
+    "heal": ("surgeon.cli.heal", "heal_cmd", "Heal a (pruned) model with QLoRA / LoRA / full fine-tuning; write a merged checkpoint."),
     "eval": ("surgeon.cli.eval", "eval_cmd", "Held-out loss, perplexity and KL to the full model of depth exits."),
     "manifest": ("surgeon.cli.manifest", "manifest_cmd", "Write (measure exits) or validate the sorted manifest."),
     "sort-width": ("surgeon.cli.sort_width", "sort_width_cmd", "Sort FFN channels and attention heads by importance (same logits)."),
+    "generate": ("surgeon.cli.generate", "generate_cmd", "Generate with an exit, self-speculative decoding or confidence early exit."),
 }
 
 

@@ -1,0 +1,142 @@
+"""Write a trained model as a plain Hugging Face checkpoint: LoRA merged into the original weights.
+
+The LoRA update ``delta = (B @ A) * scaling`` (float32) is added to the **original float
+weights read from the source checkpoint**, never to the dequantized 4-bit weights the adapter
+was trained against, and the result streams through :func:`surgeon.surgery.execute` with its
+``transforms`` hook: one tensor in memory at a time, atomic output, provenance appended. A fully
+fine-tuned model writes its trained weights through the same path. No adapter folder is needed
+to load the output. Fused projections (Phi-3 ``gate_up_proj``, ``qkv_proj``) carry one adapter
+over the whole fused matrix, so their delta has the fused tensor's shape and adds in place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import UsageError
+from .io.checkpoint import Checkpoint
+from .surgery.execute import DEFAULT_MAX_SHARD_BYTES, ExecuteResult, execute
+from .surgery.plan import plan_layers
+from .train.model import unwrap
+
+log = logging.getLogger(__name__)
+
+PEFT_PREFIX = "base_model.model."
+
+
+def is_peft(model) -> bool:
+    return hasattr(unwrap(model), "peft_config")
+
+
+def lora_deltas(model, adapter: str = "default") -> dict[str, object]:
+    """``{checkpoint tensor name: float32 delta}`` of every LoRA-wrapped linear module of ``model``."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    out = {}
+    for name, mod in unwrap(model).named_modules():
+        if not isinstance(mod, LoraLayer) or adapter not in getattr(mod, "lora_A", {}):
+            continue
+        if getattr(mod, "use_dora", {}).get(adapter, False):
+            raise UsageError("DoRA adapters cannot be merged by surgeon", "train plain LoRA")
+        with torch.no_grad():
+            a = mod.lora_A[adapter].weight.detach().float().cpu()
+            b = mod.lora_B[adapter].weight.detach().float().cpu()
+            delta = (b @ a) * float(mod.scaling[adapter])
+        if getattr(mod, "fan_in_fan_out", False):
+            delta = delta.T
+        key = (name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name) + ".weight"
+        out[key] = delta
+    return out
+
+
+def trained_weights(model) -> dict[str, object]:
+    """``{name: tensor}`` of every parameter of a fully fine-tuned model (CPU, detached)."""
+    return {n: p.detach().cpu() for n, p in unwrap(model).named_parameters()}
+
+
+def _add(delta):
+    return lambda t: t.float() + delta
+
+
+def _replace(weight):
+    return lambda t: weight
+
+
+def merge_transforms(model, ckpt: Checkpoint) -> dict[str, Callable]:
+    """The ``execute`` transforms that turn the source tensors into the trained ones."""
+    if is_peft(model):
+        deltas = lora_deltas(model)
+        if not deltas:
+            raise UsageError("the model has no LoRA adapters to merge", "train it with --method lora first")
+
+        updates = {k: _add(d) for k, d in deltas.items()}
+    else:
+        weights = trained_weights(model)
+        updates = {k: _replace(w) for k, w in weights.items() if k in ckpt.tensors}
+        unnamed = [k for k in weights if k not in ckpt.tensors and not k.endswith("lm_head.weight")]
+        if unnamed:
+            raise UsageError(f"trained parameter {unnamed[0]} has no tensor of that name in {ckpt.path}",
+                             "merge against the checkpoint the model was loaded from")
+    missing = [k for k in updates if k not in ckpt.tensors]
+    if missing:
+        raise UsageError(f"trained tensor {missing[0]} is not in {ckpt.path}",
+                         "merge against the checkpoint the model was loaded from")
+    return updates
+
+
+def apply_in_memory(float_model, trained) -> None:
+    """Add ``trained``'s LoRA deltas (or copy its full weights) into ``float_model``'s parameters:
+    the exact weights :func:`save_merged` writes, for evaluating the output before writing it."""
+    import torch
+
+    params = dict(float_model.named_parameters())
+    with torch.no_grad():
+        if is_peft(trained):
+            for k, d in lora_deltas(trained).items():
+                p = params[k]
+                p.copy_((p.float() + d.to(p.device)).to(p.dtype))
+        else:
+            for k, w in trained_weights(trained).items():
+                if k in params:
+                    params[k].copy_(w.to(params[k].device, params[k].dtype))
+
+
+def save_merged(
+    model,
+    source: str | Path,
+    out: str | Path,
+    *,
+    dtype: str | None = None,
+    force: bool = False,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    options: dict | None = None,
+    extra_provenance: dict | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    operation: str = "heal",
+) -> ExecuteResult:
+    """Stream ``source`` to ``out`` with ``model``'s training merged in (see module doc).
+
+    ``model`` is a peft LoRA model (merged as deltas on the source's float weights) or a plain
+    fully fine-tuned model (its weights replace the source's). ``dtype`` converts floats
+    (bf16/fp16/fp32; default: keep the source's dtypes). Returns the executor's result.
+    """
+    ckpt = Checkpoint.open(source)
+    transforms = merge_transforms(model, ckpt)
+    plan = plan_layers(ckpt, list(range(ckpt.num_layers)), operation, dtype, options or {})
+    log.info("merging %d trained tensors into %s", len(transforms), source)
+    return execute(plan, out, force=force, max_shard_bytes=max_shard_bytes, transforms=transforms,
+                   extra_provenance=extra_provenance, progress=progress)
+
+
+def save_adapter(model, folder: str | Path, force: bool = True) -> Path:
+    """Write the peft adapter (``adapter_config.json`` + ``adapter_model.safetensors``) atomically."""
+    from .io.atomic import atomic_output
+
+    if not is_peft(model):
+        raise UsageError("--save-adapter needs a LoRA model", "drop --save-adapter with --method full")
+    with atomic_output(folder, None, force) as tmp:
+        unwrap(model).save_pretrained(str(tmp), safe_serialization=True)
+    return Path(folder)
