@@ -17,7 +17,7 @@ from .io.checkpoint import Checkpoint
 from .options import opt
 from .surgery.execute import ExecuteResult, Progress, execute
 from .surgery.plan import Plan, plan_extract_depth
-from .units import parse_size
+from .units import parse_count, parse_size
 
 
 @dataclass(frozen=True)
@@ -30,14 +30,27 @@ class ExtractOptions:
                                 "(uniform across layers).")
     heads: str | None = opt(None, "Keep the first attention heads of every layer: a fraction or a count, in whole "
                                   "KV groups with GQA (uniform across layers).")
+    exit: str | None = opt(None, "Extract this exit of the sorted manifest (a name, or a layer count).",
+                           metavar="NAME")
+    max_params: str | None = opt(None, "Extract the largest manifest exit with at most this many parameters "
+                                       "(e.g. 1.5e9, 135M).")
+    max_flops: str | None = opt(None, "Extract the largest manifest exit with at most this many FLOPs per token.")
     dtype: str | None = opt(None, "Convert floating weights while streaming.", choices=("bf16", "fp16", "fp32"))
     max_shard_size: str = opt("5GB", "Largest output shard.")
     dry_run: bool = opt(False, "Print the plan and write nothing.")
     force: bool = opt(False, "Replace a non-empty output folder.")
 
     def __post_init__(self):
-        if self.depth is None and self.layers is None and self.ffn is None and self.heads is None:
-            raise UsageError("nothing to extract", "give --depth K, --layers LIST, --ffn F or --heads H")
+        by_manifest = self.exit is not None or self.max_params is not None or self.max_flops is not None
+        by_shape = not (self.depth is None and self.layers is None and self.ffn is None and self.heads is None)
+        if not by_manifest and not by_shape:
+            raise UsageError("nothing to extract", "give --depth K, --layers LIST, --ffn F, --heads H, --exit NAME "
+                                                   "or --max-params N")
+        if by_manifest and by_shape:
+            raise UsageError("--exit/--max-params/--max-flops pick a manifest exit; --depth/--layers/--ffn/--heads "
+                             "describe one", "give one kind")
+        if self.exit is not None and (self.max_params is not None or self.max_flops is not None):
+            raise UsageError("--exit names an exit and --max-params/--max-flops choose one by budget", "give one")
         if self.depth is not None and self.layers is not None:
             raise UsageError("--depth and --layers both choose the kept layers", "give one of them")
         if self.output is None and not self.dry_run:
@@ -76,6 +89,8 @@ def parse_layers(text: str, num_layers: int) -> list[int]:
 def build_plan(opts: ExtractOptions) -> Plan:
     ckpt = Checkpoint.open(opts.model)
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+    if opts.exit is not None or opts.max_params is not None or opts.max_flops is not None:
+        return _plan_manifest_exit(ckpt, opts, options)
     if opts.ffn is None and opts.heads is None and opts.layers is None:
         return plan_extract_depth(ckpt, opts.depth, opts.dtype, options)
     from .width import plan_width
@@ -92,9 +107,40 @@ def build_plan(opts: ExtractOptions) -> Plan:
     return plan_width(ckpt, opts.ffn, opts.heads, keep=keep, operation="extract", dtype=opts.dtype, options=options)
 
 
+def _plan_manifest_exit(ckpt: Checkpoint, opts: ExtractOptions, options: dict) -> Plan:
+    from dataclasses import replace
+
+    from .loading import choose_exit
+    from .manifest.build import exit_plan
+    from .manifest.store import read_manifest
+
+    found = read_manifest(ckpt.path)
+    budget = {k: parse_count(v, f"--{k.replace('_', '-')}") for k, v in
+              (("max_params", opts.max_params), ("max_flops", opts.max_flops)) if v is not None}
+    choice = choose_exit(ckpt, found[0] if found else None, opts.exit, **budget)
+    plan = exit_plan(ckpt, choice.layers, choice.widths, opts.dtype)
+    options = dict(options, exit=choice.name, exit_layers=choice.layers, exit_widths=choice.widths)
+    return replace(plan, operation="extract", options=dict(plan.options, **options))
+
+
+def nested_exits(plan: Plan) -> list[dict] | None:
+    """Exits of the source manifest that are prefixes of an extracted prefix exit (still valid in the output)."""
+    from .manifest.store import read_manifest
+
+    kept = list(plan.kept_layers)
+    if plan.options.get("exit_widths") or plan.options.get("width") or kept != list(range(len(kept))):
+        return None
+    found = read_manifest(plan.source)
+    if not found:
+        return None
+    return [{"name": e["name"], "layers": list(e["layers"]), "quality": [q for q in e.get("quality") or [] if "reference" not in q]}
+            for e in found[0]["exits"] if not e.get("widths") and e["layers"] == kept[:len(e["layers"])]]
+
+
 def extract(opts: ExtractOptions, progress: Progress | None = None) -> ExtractResult:
     plan = build_plan(opts)
     if opts.dry_run:
         return ExtractResult(plan, None)
     return ExtractResult(plan, execute(plan, opts.output, force=opts.force,
-                                       max_shard_bytes=parse_size(opts.max_shard_size), progress=progress))
+                                       max_shard_bytes=parse_size(opts.max_shard_size), progress=progress,
+                                       manifest_exits=nested_exits(plan)))

@@ -1,4 +1,4 @@
-"""surgeon extract MODEL [--depth K | --layers LIST] [--ffn F] [--heads H] -o OUT"""
+"""surgeon extract MODEL [--depth K | --layers LIST] [--ffn F] [--heads H] | --exit NAME | --max-params N -o OUT"""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def extract_cmd(model: Path, as_json: bool, **kwargs) -> None:
     Depth: the first --depth layers (or --layers) with the shared final norm and LM head. Width:
     the first --ffn channels and --heads attention heads of every kept layer (fractions or counts,
     uniform across layers; with GQA heads go in whole KV groups). Run `surgeon sort-width` first so
-    the first channels and heads are the most important ones.
+    the first channels and heads are the most important ones. Or pick an exit of the sorted
+    manifest: --exit NAME (or a layer count), or the largest within --max-params / --max-flops.
     """
     from ..extract import extract
 

@@ -61,12 +61,20 @@ def execute(
     extra_provenance: dict | None = None,
     progress: Progress | None = None,
     extra_files: dict[str, bytes] | None = None,
+    manifest_exits: list[dict] | None = None,
+    manifest_verify: bool | None = None,
 ) -> ExecuteResult:
     """Write the checkpoint described by ``plan`` to ``out`` (atomically).
 
     ``transforms`` maps output tensor names to functions applied to the (gathered) source tensor
     before the cast, e.g. a merged LoRA update. ``extra_provenance`` is merged into the provenance
     entry for this operation (chosen block, distances, losses, ...).
+
+    Every output ends with its sorted manifest (``sorted_manifest.json``, written last, plus the
+    header copy). ``manifest_exits`` lists its exits as ``{"name", "layers", "widths"?, "quality"?}``
+    with ``layers`` indexing the OUTPUT model's layers (default: the full model only, which is always
+    added). ``manifest_verify`` records verification logits per exit (default: when the output has at
+    most 500M parameters; see :mod:`surgeon.manifest.command`).
     """
     t0 = time.time()
     src = Path(plan.source)
@@ -104,6 +112,9 @@ def execute(
             num_source_layers=plan.num_source_layers, **(extra_provenance or {}),
         )
         chain = write_chain(tmp, src, entry)
+        from ..manifest.command import stamp
+
+        stamp(tmp, manifest_exits, chain, manifest_verify)
     return ExecuteResult(
         output=str(out), files=files, num_tensors=len(outs), num_parameters=plan.num_parameters,
         bytes_written=total, seconds=time.time() - t0, provenance=chain,

@@ -1,0 +1,176 @@
+"""``surgeon manifest``: measure a checkpoint's exits and write its sorted manifest; validate one.
+
+:func:`stamp` is the step every surgeon output ends with (``surgery.execute`` calls it inside the
+temp folder, before the atomic rename); :func:`write_manifest_for` is the ``surgeon manifest MODEL``
+command (a copy with ``-o``, or the model itself with ``--in-place``); :func:`validate_path` is
+``surgeon manifest validate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UsageError
+from ..io.checkpoint import Checkpoint
+from ..options import opt
+from .build import build_manifest, normalize_exits
+from .check import ValidationReport, check_checkpoint
+from .model import MANIFEST_FILE
+from .store import read_sidecar, write_manifest
+
+log = logging.getLogger(__name__)
+
+# Verification loads each exit in float32; above this size an output is written without it (the
+# streaming executor's one-tensor memory promise), and `surgeon manifest --in-place` adds it.
+VERIFY_MAX_PARAMETERS = 500_000_000
+
+
+def stamp(folder: str | Path, exits: list[dict] | None = None, provenance: list[dict] | None = None,
+          verify: bool | None = None) -> dict:
+    """Build, verify and write the manifest of the checkpoint in ``folder``; returns the manifest."""
+    ckpt = Checkpoint.open(folder)
+    exits = normalize_exits(ckpt, exits)
+    if verify is None:
+        verify = ckpt.num_parameters <= VERIFY_MAX_PARAMETERS
+    records = {}
+    if verify:
+        from .measure import verification_record
+
+        vocab = ckpt.text_config["vocab_size"]
+        records = {e["name"]: verification_record(folder, e, vocab) for e in exits}
+    return write_manifest(folder, build_manifest(ckpt, exits, provenance, records))
+
+
+def parse_exits(text: str | None, num_layers: int) -> list[dict] | None:
+    """``--exits``: comma-separated layer counts (prefix exits), ``all`` (every prefix), or
+    ``NAME=I,J,...`` entries separated by ``;`` (explicit kept layers)."""
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    if text == "all":
+        return [{"name": f"depth-{k}", "layers": list(range(k))} for k in range(1, num_layers + 1)]
+    out = []
+    try:
+        if "=" in text:
+            for part in text.split(";"):
+                name, layers = part.split("=", 1)
+                out.append({"name": name.strip(), "layers": [int(x) for x in layers.split(",")]})
+        else:
+            for k in (int(x) for x in text.split(",")):
+                if not 1 <= k <= num_layers:
+                    raise UsageError(f"--exits names {k} layers, outside 1..{num_layers}", f"the model has {num_layers} layers")
+                out.append({"name": f"depth-{k}", "layers": list(range(k))})
+    except ValueError:
+        raise UsageError(f"cannot read --exits {text!r}",
+                         "give layer counts (12,16,24), `all`, or NAME=I,J,... entries separated by ';'") from None
+    return out
+
+
+@dataclass(frozen=True)
+class ManifestOptions:
+    model: Path = opt(help="Checkpoint folder.", cli=False)
+    output: Path | None = opt(None, "Write a copy of MODEL with the manifest here.", flags=("-o", "--output"))
+    in_place: bool = opt(False, "Write the manifest into MODEL itself (sidecar + header copy; weights untouched).")
+    exits: str | None = opt(None, "Exits: layer counts `4,8,12`, `all`, or `NAME=I,J,...;...`. "
+                                  "Default: the existing manifest's exits, else the full model.", metavar="SPEC")
+    eval_data: str | None = opt(None, "Held-out data to measure each exit on (e.g. builtin:sotu, c4, file.txt).",
+                                metavar="SPEC")
+    samples: int = opt(32, "Evaluation sequences.")
+    seq_len: int = opt(256, "Tokens per evaluation sequence.")
+    batch_size: int = opt(4, "Evaluation batch size.")
+    verify: bool = opt(True, "Record a verification hash per exit (loads each exit once).")
+    force: bool = opt(False, "Replace a non-empty -o folder.")
+
+    def __post_init__(self):
+        if self.in_place == (self.output is not None):
+            raise UsageError("give exactly one of -o/--output and --in-place",
+                             "write a copy with -o OUT, or update MODEL with --in-place")
+        if self.samples < 1 or self.seq_len < 2 or self.batch_size < 1:
+            raise UsageError("--samples, --batch-size must be >= 1 and --seq-len >= 2", "give larger values")
+
+
+@dataclass
+class ManifestResult:
+    output: str
+    manifest: dict
+    measured: bool
+    data: dict = field(default_factory=dict)
+
+
+def _quality(model: Path, exits: list[dict], opts: ManifestOptions, progress) -> tuple[dict, dict]:
+    from transformers import AutoTokenizer
+
+    from ..data import calibration_samples
+    from .measure import measure_quality
+
+    tok = AutoTokenizer.from_pretrained(model)
+    data = calibration_samples(opts.eval_data, tok, samples=opts.samples, seq_len=opts.seq_len, role="eval",
+                               pack=True)
+    q = measure_quality(model, exits, data, data_spec=opts.eval_data, split="eval",
+                        batch_size=opts.batch_size, progress=progress)
+    return q, data.describe()
+
+
+def write_manifest_for(opts: ManifestOptions, progress=None) -> ManifestResult:
+    """Measure the exits of ``opts.model`` and write its manifest (into a copy, or in place)."""
+    ckpt = Checkpoint.open(opts.model)
+    exits = parse_exits(opts.exits, ckpt.num_layers)
+    if exits is None:
+        old = read_sidecar(ckpt.path)
+        if isinstance(old, dict) and isinstance(old.get("exits"), list):
+            exits = [{k: e[k] for k in ("name", "layers", "widths") if k in e} for e in old["exits"]]
+    exits = normalize_exits(ckpt, exits)
+    described: dict = {}
+    if opts.eval_data:
+        from .build import build_manifest as _bm
+
+        order = [e["name"] for e in _bm(ckpt, exits)["exits"]]  # cheapest first, full last
+        by_name = {e["name"]: e for e in exits}
+        quality, described = _quality(ckpt.path, [by_name[n] for n in order], opts, progress)
+        for e in exits:
+            e["quality"] = quality[e["name"]]
+    if opts.output is not None:
+        from ..surgery.execute import execute
+        from ..surgery.plan import plan_layers
+
+        plan = plan_layers(ckpt, list(range(ckpt.num_layers)), "manifest",
+                           options={"exits": opts.exits, "eval_data": opts.eval_data, "samples": opts.samples,
+                                    "seq_len": opts.seq_len})
+        res = execute(plan, opts.output, force=opts.force, manifest_exits=exits, manifest_verify=opts.verify,
+                      extra_provenance={"eval": described} if described else None)
+        return ManifestResult(res.output, read_sidecar(res.output), bool(opts.eval_data), described)
+    m = _write_in_place(ckpt.path, exits, opts.verify)
+    return ManifestResult(str(ckpt.path), m, bool(opts.eval_data), described)
+
+
+def _write_in_place(folder: Path, exits: list[dict], verify: bool) -> dict:
+    """Remove a stale sidecar first (so a crash leaves none rather than a wrong one), then stamp."""
+    side = folder / MANIFEST_FILE
+    if side.exists():
+        fd, tmp = tempfile.mkstemp(prefix=".sorted_manifest.", dir=folder)
+        os.close(fd)
+        shutil.move(side, tmp)
+        try:
+            m = stamp(folder, exits, None, verify)
+        except BaseException:
+            os.replace(tmp, side)
+            raise
+        os.unlink(tmp)
+        return m
+    return stamp(folder, exits, None, verify)
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    path: Path = opt(help="Checkpoint folder, sorted_manifest.json, or a .safetensors file.", cli=False)
+    verify: bool = opt(False, "Also check file sha256s and recompute each exit's verification logits.")
+
+
+def validate_path(opts: ValidateOptions) -> ValidationReport:
+    """``surgeon manifest validate``: raise ManifestError on the first problem; warnings in the report."""
+    return check_checkpoint(opts.path, verify=opts.verify)
