@@ -35,6 +35,12 @@ class PruneOptions:
                         choices=("similarity", "deepest"))
     analysis: Path | None = opt(None, "analysis.json from `surgeon analyze` (similarity strategy).")
     allow_last: bool = opt(False, "Allow dropping the final layer (the paper shows it must be kept).")
+    data: str = opt("c4", "Calibration data for the similarity analysis (see surgeon analyze --help).")
+    samples: int = opt(256, "Calibration sequences for the similarity analysis.")
+    seq_len: int = opt(1024, "Tokens per calibration sequence.")
+    pack: bool = opt(False, "Concatenate calibration documents into --seq-len chunks.")
+    batch_size: int = opt(8, "Sequences per forward pass of the analysis.")
+    offload: str = opt("none", "`layer`: run the analysis one decoder layer at a time.", choices=("none", "layer"))
     dtype: str | None = opt(None, "Convert floating weights while streaming.", choices=("bf16", "fp16", "fp32"))
     max_shard_size: str = opt("5GB", "Largest output shard.")
     dry_run: bool = opt(False, "Print the plan and write nothing.")
@@ -47,6 +53,12 @@ class PruneOptions:
             raise UsageError("-o/--output is required", "give an output folder, or use --dry-run")
         parse_size(self.max_shard_size, "--max-shard-size")
 
+        if self.samples < 1:
+            raise UsageError(f"--samples {self.samples} is below 1", "give the number of calibration sequences, e.g. --samples 256")
+        if self.seq_len < 2:
+            raise UsageError(f"--seq-len {self.seq_len} is below 2", "give tokens per sequence, e.g. --seq-len 1024")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size {self.batch_size} is below 1", "give --batch-size 1 or more")
 
 @dataclass
 class Block:
@@ -55,6 +67,7 @@ class Block:
     strategy: str
     distance: float | None = None
 
+    analysis: dict | None = None  # where the distance came from (data, samples, seq_len, file)
     @property
     def layers(self) -> list[int]:
         return list(range(self.start, self.start + self.n))
@@ -77,12 +90,13 @@ def block_from_analysis(analysis: dict, n: int, allow_last: bool, num_layers: in
         )
     key = "best" if allow_last else "best_keep_last"
     entry = (analysis.get(key) or {}).get(str(n))
-    if not entry:
+    if not isinstance(entry, dict) or "start" not in entry or "distance" not in entry:
         raise UsageError(f"the analysis has no {key} entry for n={n}", "rerun surgeon analyze on this model")
-    return Block(int(entry["start"]), n, "similarity", float(entry["distance"]))
+    source = {k: analysis.get(k) for k in ("data", "samples", "seq_len", "dtype") if k in analysis}
+    return Block(int(entry["start"]), n, "similarity", float(entry["distance"]), source)
 
 
-def choose_block(ckpt: Checkpoint, opts: PruneOptions) -> Block:
+def choose_block(ckpt: Checkpoint, opts: PruneOptions, progress: Progress | None = None) -> Block:
     L = ckpt.num_layers
     n = opts.n
     if n < 1 or n >= L:
@@ -99,21 +113,37 @@ def choose_block(ckpt: Checkpoint, opts: PruneOptions) -> Block:
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot read --analysis {opts.analysis}: {e.__class__.__name__}",
                              "give the analysis.json written by surgeon analyze") from None
-        return block_from_analysis(report, n, opts.allow_last, L)
-    return similarity_block(ckpt, opts)
+        if not isinstance(report, dict):
+            raise UsageError(f"--analysis {opts.analysis} is not an analysis report",
+                             "give the analysis.json written by surgeon analyze")
+        block = block_from_analysis(report, n, opts.allow_last, L)
+        block.analysis = {**(block.analysis or {}), "file": str(opts.analysis)}
+        return block
+    return similarity_block(ckpt, opts, progress)
 
 
-def similarity_block(ckpt: Checkpoint, opts: PruneOptions) -> Block:
-    """Run the angular-distance analysis and pick l*(n)."""
-    raise UsageError(
-        "--strategy similarity needs an analysis",
-        "run `surgeon analyze MODEL` and pass --analysis analysis/analysis.json, or use --strategy deepest",
-    )
+def similarity_block(ckpt: Checkpoint, opts: PruneOptions, progress: Progress | None = None) -> Block:
+    """Run the angular-distance analysis on ``opts.data`` and pick l*(n) (nothing else is written)."""
+    from .analyze import compute_analysis
+
+    res = compute_analysis(ckpt.path, opts.data, samples=opts.samples, seq_len=opts.seq_len, pack=opts.pack,
+                           batch_size=opts.batch_size, offload=opts.offload, progress=progress)
+    report = res.to_dict()
+    block = block_from_analysis(report, opts.n, opts.allow_last, ckpt.num_layers)
+    block.analysis = {**(block.analysis or {}), "data_source": res.data_source, "seconds": round(res.seconds, 3)}
+    return block
 
 
-def prune(opts: PruneOptions, progress: Progress | None = None) -> PruneResult:
+def prune(opts: PruneOptions, progress: Progress | None = None,
+          analysis_progress: Progress | None = None) -> PruneResult:
+    """Choose the block (explicit, similarity or deepest) and write the pruned checkpoint.
+
+    ``analysis_progress(done, total, label)`` follows the similarity analysis when it runs;
+    ``progress`` follows the bytes written. The chosen block, its angular distance and the data
+    it was measured on are recorded in the output's provenance.
+    """
     ckpt = Checkpoint.open(opts.model)
-    block = choose_block(ckpt, opts)
+    block = choose_block(ckpt, opts, analysis_progress)
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
     options["strategy"] = block.strategy
     plan = plan_prune(ckpt, block.start, block.n, opts.allow_last, opts.dtype, options)

@@ -20,15 +20,31 @@ def prune_cmd(model: Path, as_json: bool, **kwargs) -> None:
 
     The block is START..START+N-1 (0-based; START is the first dropped layer) when --start is
     given; otherwise --strategy picks it: `similarity` drops the block whose input and output
-    residual streams are closest in angular distance (keeping the final layer), `deepest` drops
-    layers L-1-N..L-2.
+    residual streams are closest in angular distance (keeping the final layer; it runs the
+    analysis on --data, or reads --analysis analysis.json), `deepest` drops layers L-1-N..L-2.
     """
     from ..prune import prune
 
     opts = build(PruneOptions, model=model, **kwargs)
     c = console()
-    with progress_bar("pruning") as progress:
-        r = prune(opts, progress=progress)
+    bars: dict[str, progress_bar] = {}
+
+    def phase(name: str, unit: str):
+        def update(done: int, total: int, label: str = "") -> None:
+            if name not in bars:  # one live bar at a time: close the analysis bar before the write starts
+                for bar in bars.values():
+                    bar.__exit__(None, None, None)
+                bars.clear()
+                bars[name] = progress_bar(name, unit)
+                bars[name].__enter__()
+            bars[name].update(done, total, label)
+        return update
+
+    try:
+        r = prune(opts, progress=phase("pruning", "bytes"), analysis_progress=phase("analyzing", "count"))
+    finally:
+        for bar in bars.values():
+            bar.__exit__(None, None, None)
     if as_json:
         print_json({"plan": r.plan.to_dict(), "block": r.extra["block"],
                     "output": r.result.output if r.result else None})
@@ -41,4 +57,6 @@ def prune_cmd(model: Path, as_json: bool, **kwargs) -> None:
         return
     c.print(f"kept layers {ranges(list(r.plan.kept_layers))} -> renumbered 0..{len(r.plan.kept_layers) - 1}")
     c.print(f"[green]wrote[/] {r.result.output}: {len(r.plan.kept_layers)} layers, "
+    if b.analysis and b.analysis.get("data"):
+        c.print(f"  measured on {b.analysis['data']}: {b.analysis.get('samples')} samples x {b.analysis.get('seq_len')} tokens")
             f"{human_bytes(r.result.bytes_written)} in {r.result.seconds:.1f}s")

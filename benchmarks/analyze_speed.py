@@ -1,0 +1,88 @@
+"""Time of the similarity analysis vs one plain forward pass over the same tokens (SmolLM2-135M).
+
+    python benchmarks/analyze_speed.py [--samples 32] [--seq-len 256] [--reps 2]
+
+Loads SmolLM2-135M-Instruct (fp32) once, cuts --samples sequences of --seq-len tokens from the
+shipped text (builtin:sotu), pads them into the same batches, then alternates, --reps times each:
+- forward:  model(input_ids, attention_mask) -> logits (the plain causal-LM forward pass)
+- base:     the base model alone (no LM head): the forward pass the analysis actually runs
+- analysis: surgeon.analyze.similarity.layer_similarity (hooks on every decoder layer,
+            angular-distance table, Block Influence)
+The best time of each is kept (the machine is shared). Target: analysis <= 1.15x forward.
+Writes benchmarks/results/analyze_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import write_result  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=2)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from surgeon.analyze.similarity import layer_similarity, make_batches
+    from surgeon.data import calibration_samples
+    from surgeon.demo import ensure_demo_model
+
+    path = ensure_demo_model()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    calib = calibration_samples("builtin:sotu", tok, samples=args.samples, seq_len=args.seq_len)
+    batches = make_batches(calib.input_ids, args.batch_size)
+
+    def forward():
+        with torch.inference_mode():
+            for b in batches:
+                model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
+                      use_cache=False)
+
+    def base():
+        with torch.inference_mode():
+            for b in batches:
+                model.model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
+                            use_cache=False)
+
+    def analysis():
+        layer_similarity(model, "model.layers", batches)
+
+    times: dict[str, list[float]] = {"forward": [], "base": [], "analysis": []}
+    forward()  # warm-up
+    for _ in range(args.reps):
+        for name, fn in (("forward", forward), ("analysis", analysis), ("base", base)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+            print(f"{name:9s} {times[name][-1]:.2f}s", flush=True)
+    best = {k: min(v) for k, v in times.items()}
+    res = {
+        "model": "SmolLM2-135M-Instruct (fp32)", "data": "builtin:sotu", "samples": len(calib),
+        "seq_len": args.seq_len, "tokens": calib.num_tokens, "batch_size": args.batch_size,
+        "torch_threads": torch.get_num_threads(), "reps": args.reps, "times_s": times, "best_s": best,
+        "ratio_analysis_vs_forward": best["analysis"] / best["forward"],
+        "ratio_analysis_vs_base_forward": best["analysis"] / best["base"],
+        "target_ratio_vs_forward": 1.15,
+    }
+    res["meets_target"] = res["ratio_analysis_vs_forward"] <= 1.15
+    out = write_result("analyze_speed", res)
+    print(f"analysis / forward = {res['ratio_analysis_vs_forward']:.3f} "
+          f"(vs base model alone {res['ratio_analysis_vs_base_forward']:.3f}); wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
