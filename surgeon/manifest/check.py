@@ -162,7 +162,7 @@ def _verify_exits(folder: Path, data: dict, checks: list[ExitCheck]) -> None:
         c.verified = how
 
 
-def parse_manifest_bytes(raw: bytes, where: str = MANIFEST_FILE) -> tuple[dict, list[str]]:
-    """Parse and validate manifest bytes (used by the fuzz tests and by tools holding bytes)."""
+def parse_manifest_bytes(raw: bytes, where: str = MANIFEST_FILE, header_copy: bool = False) -> tuple[dict, list[str]]:
+    """Parse and validate manifest bytes (a sidecar, or with ``header_copy`` the copy from a header)."""
     data = parse(raw, where)
-    return data, validate_manifest(data, header_copy=isinstance(data, dict) and "weights" not in data)
+    return data, validate_manifest(data, header_copy=header_copy)

@@ -94,7 +94,7 @@ def _tensor_map(obj: Any, where: str) -> None:
     if not isinstance(obj, dict):
         _fail(where, "must be an object of tensor name -> {dtype, shape}")
     for name, spec in obj.items():
-        if not isinstance(spec, dict) or spec.get("dtype") not in _DTYPES or not isinstance(spec.get("shape"), list) \
+        if not isinstance(spec, dict) or not isinstance(spec.get("dtype"), str) or spec["dtype"] not in _DTYPES or not isinstance(spec.get("shape"), list) \
                 or not all(_is_int(d) and d >= 0 for d in spec["shape"]):
             _fail(f"{where}.{name}", "must be {\"dtype\": a safetensors dtype, \"shape\": [non-negative ints]}")
 
