@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,20 +49,24 @@ class InspectReport:
 
 
 def _manifest_summary(path: Path) -> dict | None:
-    mf = path / MANIFEST_FILE
-    if not mf.is_file():
-        return None
+    """The sorted manifest's exits (sidecar, else the header copy), or an ``error`` entry when invalid."""
+    from .manifest.model import ManifestError
+    from .manifest.store import read_manifest
+
     try:
-        data = json.loads(mf.read_text(encoding="utf-8"))
-    except (ValueError, OSError, UnicodeDecodeError) as e:
-        return {"file": MANIFEST_FILE, "error": f"unreadable: {e.__class__.__name__}"}
-    exits = data.get("exits") if isinstance(data, dict) else None
-    out = {"file": MANIFEST_FILE, "format_version": data.get("format_version") if isinstance(data, dict) else None}
-    if isinstance(exits, list):
-        out["exits"] = [
-            {"name": e.get("name"), "num_layers": len(e.get("layers") or [])} for e in exits if isinstance(e, dict)
-        ]
-    return out
+        found = read_manifest(path)
+    except (ManifestError, OSError) as e:
+        return {"file": MANIFEST_FILE, "error": str(e)}
+    if found is None:
+        return None
+    data, warnings = found
+    return {
+        "file": MANIFEST_FILE if (path / MANIFEST_FILE).is_file() else "header copy",
+        "format_version": data["format_version"], "warnings": warnings,
+        "exits": [{"name": e["name"], "num_layers": len(e["layers"]), "widths": e.get("widths"),
+                   "parameters": e["cost"]["parameters"]["total"], "flops_per_token": e["cost"]["flops_per_token"]}
+                  for e in data["exits"]],
+    }
 
 
 def inspect_checkpoint(path: str | Path) -> InspectReport:

@@ -1,0 +1,262 @@
+"""The sorted manifest on real (tiny) checkpoints: written by every surgery output, validated, loaded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import surgeon
+from surgeon.errors import UsageError
+from surgeon.io.checkpoint import Checkpoint
+from surgeon.manifest.check import check_checkpoint
+from surgeon.manifest.model import ManifestError
+from surgeon.manifest.store import read_header_copy, read_manifest
+from surgeon.surgery import execute, plan_extract_depth, plan_layers, plan_prune
+from tests.conftest import run_cli
+from tests.test_reference_reader import ref
+
+IDS = torch.tensor([[1, 17, 42, 99, 7, 250, 3, 64, 12, 5, 301, 77, 8, 19, 200, 33]])
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+def _pretrained(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def sorted_llama(tiny_models, tmp_path_factory):
+    """A copy of the tiny Llama with prefix exits 2 and 4 and a half-width exit."""
+    out = tmp_path_factory.mktemp("sorted") / "llama"
+    exits = [{"name": "depth-2", "layers": [0, 1]}, {"name": "depth-4", "layers": [0, 1, 2, 3]},
+             {"name": "narrow", "layers": [0, 1, 2, 3, 4, 5], "widths": {"ffn": 64, "heads": 2, "kv_heads": 1}}]
+    execute(plan_layers(Checkpoint.open(tiny_models["llama"]), range(6), "manifest"), out, manifest_exits=exits)
+    return out
+
+
+# ------------------------------------------------------------------ every output carries a valid manifest
+def test_prune_and_extract_outputs_validate(family_model, tmp_path):
+    family, path = family_model
+    execute(plan_prune(Checkpoint.open(path), 1, 2), tmp_path / "pruned")
+    execute(plan_extract_depth(Checkpoint.open(path), 3), tmp_path / "extracted")
+    for out, n in ((tmp_path / "pruned", 4), (tmp_path / "extracted", 3)):
+        report = check_checkpoint(out, verify=True)
+        assert [e.num_layers for e in report.exits] == [n]
+        assert report.exits[0].verified == "exact" and report.header_copy == "copy"
+        m, warnings = read_manifest(out)
+        assert warnings == []
+        assert m["provenance"]["operations"][-1]["operation"] in ("prune", "extract")
+        assert ref.read_manifest(str(out / "model.safetensors"))["exits"] == m["exits"]
+
+
+def test_cli_prune_output_validates(tiny_models, tmp_path):
+    res = run_cli("prune", tiny_models["qwen2"], "--start", "1", "--n", "2", "-o", tmp_path / "p")
+    assert res.exit_code == 0, res.stderr
+    res = run_cli("manifest", "validate", tmp_path / "p", "--verify")
+    assert res.exit_code == 0, res.stderr
+    assert "valid" in res.stdout
+
+
+def test_sharded_output_carries_the_copy_in_the_index(tiny_sharded, tmp_path):
+    out = tmp_path / "sharded"
+    execute(plan_layers(Checkpoint.open(tiny_sharded), range(6), "manifest"), out, max_shard_bytes=100_000,
+            manifest_exits=[{"layers": [0, 1, 2]}])
+    assert (out / "model.safetensors.index.json").is_file()
+    value, where = read_header_copy(out)
+    assert where == "model.safetensors.index.json" and [e["name"] for e in value["exits"]] == ["depth-3", "full"]
+    report = check_checkpoint(out, verify=True)
+    assert report.header_copy == "copy" and [e.verified for e in report.exits] == ["exact", "exact"]
+    m = ref.read_manifest(str(out / "model.safetensors.index.json"))
+    assert len(m["weights"]["files"]) > 1 if "weights" in m else True
+    assert len(ref.read_manifest(str(out))["weights"]["files"]) == len(Checkpoint.open(out).files)
+
+
+# ------------------------------------------------------------------ costs
+def test_costs_match_the_loaded_model(sorted_llama):
+    m, _ = read_manifest(sorted_llama)
+    for e in m["exits"]:
+        model = surgeon.load(sorted_llama, e["name"])
+        params = {id(p): p.numel() for p in model.parameters()}
+        cost = e["cost"]
+        assert cost["parameters"]["total"] == sum(params.values())
+        layer_params = sum(p.numel() for p in model.model.layers.parameters())
+        assert cost["parameters"]["layers"] == layer_params
+        cfg = model.config
+        assert cost["flops_per_token"] == 2 * (layer_params + cfg.hidden_size * cfg.vocab_size)
+        kv = 2 * cfg.num_key_value_heads * cfg.head_dim * 4 * cfg.num_hidden_layers
+        assert cost["kv_cache_bytes_per_token"] == kv
+    flops = [e["cost"]["flops_per_token"] for e in m["exits"]]
+    assert flops == sorted(flops) and m["exits"][-1]["name"] == "full"
+    assert m["required_features"] == ["width-prefix"]
+    assert [e["kv_prefix_compatible"] for e in m["exits"]] == [True, False, True, True] or \
+        [e["kv_prefix_compatible"] for e in m["exits"]] == [True, True, False, True]
+
+
+# ------------------------------------------------------------------ loading
+def test_load_exit_k_equals_extract_depth_k(family_model, tmp_path):
+    family, path = family_model
+    for k in (2, 5):
+        execute(plan_extract_depth(Checkpoint.open(path), k), tmp_path / f"d{k}")
+        want = _logits(_pretrained(tmp_path / f"d{k}"))
+        got = _logits(surgeon.load(path, exit=k))
+        assert torch.equal(got, want), f"{family} depth {k}: max diff {(got - want).abs().max()}"
+
+
+def test_load_width_exit_equals_extract_width(sorted_llama, tmp_path):
+    res = run_cli("extract", sorted_llama, "--ffn", "64", "--heads", "2", "-o", tmp_path / "w")
+    assert res.exit_code == 0, res.stderr
+    got = _logits(surgeon.load(sorted_llama, exit="narrow"))
+    assert torch.equal(got, _logits(_pretrained(tmp_path / "w")))
+
+
+def test_load_reads_only_the_exit_tensors(sorted_llama, monkeypatch):
+    read: list[str] = []
+    real = Checkpoint.read_bytes
+
+    def spy(self, name):
+        read.append(name)
+        return real(self, name)
+
+    monkeypatch.setattr(Checkpoint, "read_bytes", spy)
+    m = ref.read_manifest(str(sorted_llama))
+    surgeon.load(sorted_llama, exit="depth-2")
+    assert sorted(read) == sorted(ref.exit_tensors(m, "depth-2"))
+    assert not any(".layers.2." in n for n in read)
+
+
+def test_budget_picks_the_largest_exit_that_fits(sorted_llama):
+    m, _ = read_manifest(sorted_llama)
+    by = {e["name"]: e["cost"] for e in m["exits"]}
+    model = surgeon.load(sorted_llama, max_params=by["depth-4"]["parameters"]["total"])
+    assert model.surgeon_exit.name == "depth-4"
+    model = surgeon.load(sorted_llama, max_flops=by["depth-2"]["flops_per_token"] + 1)
+    assert model.surgeon_exit.name == "depth-2" and model.config.num_hidden_layers == 2
+    with pytest.raises(UsageError, match="no exit fits"):
+        surgeon.load(sorted_llama, max_params=10)
+    with pytest.raises(UsageError, match="no exit named"):
+        surgeon.load(sorted_llama, exit="nope")
+
+
+def test_extract_by_exit_name_and_budget(sorted_llama, tmp_path):
+    res = run_cli("extract", sorted_llama, "--exit", "depth-4", "-o", tmp_path / "e4")
+    assert res.exit_code == 0, res.stderr
+    m, _ = read_manifest(tmp_path / "e4")
+    assert [e["name"] for e in m["exits"]] == ["depth-2", "depth-4"]  # the nested prefix exit is kept
+    assert torch.equal(_logits(_pretrained(tmp_path / "e4")), _logits(surgeon.load(sorted_llama, "depth-4")))
+    res = run_cli("extract", sorted_llama, "--max-params", "1", "-o", tmp_path / "none")
+    assert res.exit_code != 0 and "no exit fits the budget" in res.stderr
+    res = run_cli("extract", sorted_llama, "--exit", "depth-2", "--depth", "3", "-o", tmp_path / "x")
+    assert res.exit_code == 2
+
+
+# ------------------------------------------------------------------ the manifest command
+def test_manifest_command_measures_quality_against_heldout_loss(tiny_models, tmp_path):
+    from transformers import AutoTokenizer
+
+    from surgeon.data import calibration_samples
+    from surgeon.evaluate import heldout_loss
+
+    src = tiny_models["qwen3"]
+    res = run_cli("manifest", src, "--exits", "2,4", "--eval-data", "builtin:sotu", "--samples", "4",
+                  "--seq-len", "32", "-o", tmp_path / "m")
+    assert res.exit_code == 0, res.stderr
+    m, _ = read_manifest(tmp_path / "m")
+    q = {e["name"]: {x["metric"]: x for x in e["quality"]} for e in m["exits"]}
+    data = calibration_samples("builtin:sotu", AutoTokenizer.from_pretrained(src), samples=4, seq_len=32,
+                               role="eval", pack=True)
+    truth = heldout_loss(_pretrained(src), data)
+    assert q["full"]["loss"]["value"] == pytest.approx(truth.loss, abs=1e-5)
+    assert q["full"]["loss"]["tokens"] == truth.tokens and q["full"]["loss"]["split"] == "eval"
+    assert q["full"]["kl_full_exit"]["value"] == pytest.approx(0, abs=1e-6)
+    assert q["full"]["top1_agreement"]["value"] == 1.0
+    assert q["depth-2"]["kl_full_exit"]["value"] > 0
+    assert 0 <= q["depth-2"]["top1_agreement"]["value"] < 1
+    shallow = heldout_loss(surgeon.load(src, exit=2), data)
+    assert q["depth-2"]["loss"]["value"] == pytest.approx(shallow.loss, abs=1e-5)
+    assert check_checkpoint(tmp_path / "m", verify=True).hashes_verified
+
+
+def test_manifest_in_place_and_stale_detection(tiny_models, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["llama"], model)
+    res = run_cli("manifest", model, "--in-place", "--exits", "3")
+    assert res.exit_code == 0, res.stderr
+    report = check_checkpoint(model, verify=True)  # save_pretrained left no header room: sidecar only
+    assert report.header_copy == "absent" and any("no header copy" in w for w in report.warnings)
+    assert [e.name for e in report.exits] == ["depth-3", "full"]
+    # config.json edited after the manifest -> stale
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(dict(cfg, rms_norm_eps=1e-3)))
+    res = run_cli("manifest", "validate", model)
+    assert res.exit_code != 0 and "config.json changed" in res.stderr
+    (model / "config.json").write_text(json.dumps(cfg))
+    assert run_cli("manifest", "validate", model).exit_code == 0
+
+
+def test_validate_catches_tampering(sorted_llama, tmp_path):
+    out = tmp_path / "t"
+    shutil.copytree(sorted_llama, out)
+    side = out / "sorted_manifest.json"
+    good = side.read_text()
+    m = json.loads(good)
+    m["exits"][0]["quality"] = [{"metric": "loss", "value": 1.0, "data": "x", "split": "eval", "tokens": 1,
+                                 "seq_len": 1, "dtype": "float32"}]
+    side.write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match="header copy .* differs"):
+        check_checkpoint(out)
+    # a tensor whose shape the manifest misstates
+    m = json.loads(good)
+    m["base"]["tensors"]["shared"]["model.norm.weight"]["shape"] = [65]
+    side.write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match="model.norm.weight"):
+        check_checkpoint(out)
+    # a verification record that the weights do not reproduce
+    m = json.loads(good)
+    rec = m["exits"][0]["verification"]
+    rec["logits_sha256"] = "0" * 64
+    rec["argmax"] = [(t + 1) % 512 for t in rec["argmax"]]
+    side.write_text(json.dumps(m))
+    from surgeon.io.writer import update_header_metadata
+    from surgeon.manifest.store import header_value
+
+    update_header_metadata(out / "model.safetensors", {"format": "pt", "sorted_manifest": header_value(m)})
+    m["weights"]["files"][0]["sha256"] = __import__("surgeon.provenance", fromlist=["x"]).sha256_file(
+        out / "model.safetensors")
+    side.write_text(json.dumps(m))
+    check_checkpoint(out)  # structure is fine...
+    with pytest.raises(ManifestError, match="does not reproduce its verification record"):
+        check_checkpoint(out, verify=True)  # ...the logits are not
+    # corrupt weights: size unchanged, hash differs
+    side.write_text(good)
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (out / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ManifestError):
+        check_checkpoint(out, verify=True)
+
+
+def test_large_manifest_rides_as_a_pointer(tiny_models, tmp_path):
+    import itertools
+
+    subsets = [list(c) for c in itertools.permutations(range(6), 3)][:100]  # any order is a valid exit
+    exits = [{"name": f"s{'_'.join(map(str, c))}", "layers": c} for c in subsets]
+    out = tmp_path / "big"
+    execute(plan_layers(Checkpoint.open(tiny_models["llama"]), range(6), "manifest"), out, manifest_exits=exits,
+            manifest_verify=False)
+    value, _ = read_header_copy(out)
+    assert "pointer" in value and len((out / "sorted_manifest.json").read_bytes()) > 64 * 1024
+    assert check_checkpoint(out).header_copy == "pointer"
+    assert len(ref.read_manifest(str(out / "model.safetensors"))["exits"]) == 101
+
+
+def test_inspect_shows_the_manifest(sorted_llama):
+    res = run_cli("inspect", sorted_llama)
+    assert res.exit_code == 0 and "narrow" in res.stdout and "depth-2" in res.stdout
