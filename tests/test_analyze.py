@@ -249,3 +249,15 @@ def test_smollm2_analysis_prefers_a_middle_block(smollm2, tmp_path):
     for n in (2, 4, 6):
         row = res.angular_distance[n]
         assert row[L - n] > res.best_keep_last[n].distance
+
+
+def test_cli_refuses_a_foreign_output_folder_before_running(tiny_models, corpus_file, tmp_path, monkeypatch):
+    import surgeon.analyze.run as run
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.setattr(run, "compute_analysis", lambda *a, **k: pytest.fail("the analysis ran"))
+    r = run_cli("analyze", tiny_models["llama"], "--data", corpus_file, "-o", out)
+    assert r.exit_code != 0 and "not empty" in r.output and "--force" in r.output
+    assert (out / "notes.txt").read_text() == "mine"

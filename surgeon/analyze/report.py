@@ -108,7 +108,8 @@ def write_heatmap(result: AnalysisResult, path: Path) -> None:
     for n, b in result.best_keep_last.items():
         if result.best.get(n) and result.best[n].start != b.start:
             ax.plot(b.start, n, marker="o", mfc="none", color="white", markersize=6, mew=1.2)
-    ax.set_xlabel("first layer of the block, l")
+    ax.set_xlabel("first layer of the block, l   (x: l*(n) over all blocks; o: l*(n) keeping the final layer)",
+                  fontsize=8)
     ax.set_ylabel("block size, n")
     ax.set_title(f"angular distance d(l, l+n), row-normalized\n{Path(result.model).name}, {result.samples} samples "
                  f"x {result.seq_len} tokens ({result.data})", fontsize=9)

@@ -26,6 +26,8 @@ class AnalyzeOptions:
     pack: bool = opt(False, "Concatenate documents (EOS between) and cut the stream into --seq-len chunks.")
     shuffle: bool = opt(False, "Shuffle the documents (seeded) before taking the first --samples.")
     seed: int = opt(0, "Seed for --shuffle.")
+    role: str = opt("all", "Records to use: all (hub: validation split), train (local files: all but every 20th "
+                    "record, which is held out for evaluation), eval.", choices=("all", "train", "eval"))
     batch_size: int = opt(8, "Sequences per forward pass.")
     dtype: str = opt("fp32", "Compute dtype of the model.", choices=tuple(DTYPES))
     offload: str = opt("none", "`layer`: keep one decoder layer in memory at a time (models larger than RAM).",
@@ -103,13 +105,14 @@ def analyze(opts: AnalyzeOptions, progress: Progress | None = None) -> AnalysisR
 
     A folder holding only a previous analysis is replaced without ``--force``.
     """
-    from ..io.atomic import atomic_output
+    from ..io.atomic import atomic_output, check_output
 
-    res = compute_analysis(opts.model, opts.data, samples=opts.samples, seq_len=opts.seq_len, pack=opts.pack,
-                           shuffle=opts.shuffle, seed=opts.seed, batch_size=opts.batch_size, dtype=opts.dtype,
-                           offload=opts.offload, progress=progress)
     out = Path(opts.out)
     previous = out.is_dir() and {p.name for p in out.iterdir()} <= {JSON_NAME, PNG_NAME}
+    check_output(out, Path(opts.model), force=opts.force or previous)  # fail before the forward pass
+    res = compute_analysis(opts.model, opts.data, samples=opts.samples, seq_len=opts.seq_len, pack=opts.pack,
+                           shuffle=opts.shuffle, seed=opts.seed, batch_size=opts.batch_size, dtype=opts.dtype,
+                           offload=opts.offload, role=opts.role, progress=progress)
     with atomic_output(out, Path(opts.model), force=opts.force or previous) as tmp:
         write_json(res, tmp / JSON_NAME)
         write_heatmap(res, tmp / PNG_NAME)
