@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "prune": ("surgeon.cli.prune", "prune_cmd", "Drop a contiguous block of layers (explicit, similarity or deepest)."),
     "extract": ("surgeon.cli.extract", "extract_cmd", "Extract a depth and/or width sub-model (first K layers, first channels/heads)."),
     "heal": ("surgeon.cli.heal", "heal_cmd", "Heal a (pruned) model with QLoRA / LoRA / full fine-tuning; write a merged checkpoint."),
+    "soft": ("surgeon.cli.soft", "soft_cmd", "Sorted Fine-Tuning: train every chosen prefix of layers to be a usable model."),
     "eval": ("surgeon.cli.eval", "eval_cmd", "Held-out loss, perplexity and KL to the full model of depth exits."),
     "manifest": ("surgeon.cli.manifest", "manifest_cmd", "Write (measure exits) or validate the sorted manifest."),
     "sort-width": ("surgeon.cli.sort_width", "sort_width_cmd", "Sort FFN channels and attention heads by importance (same logits)."),

@@ -191,7 +191,8 @@ class SortedLoss:
 
     ``exits``: increasing layer counts; ``mode``: ``"sum"`` or ``"stochastic"`` (module doc);
     ``weights``: optional per-exit weights (default uniform); ``seed``: the sampler's seed.
-    Metrics: ``loss`` and ``loss@n`` for each exit computed this call (``exit`` = the sampled one).
+    Metrics: ``loss@n`` per exit (sum), or ``sampled_exit`` (stochastic). In stochastic mode the
+    exit is drawn from ``(seed, batch["step"], batch["micro"])``, so resuming repeats the draws.
     """
 
     def __init__(self, exits: Sequence[int], mode: str = "sum", weights: Sequence[float] | None = None,
@@ -205,6 +206,7 @@ class SortedLoss:
             raise ValueError("weights must be one non-negative number per exit, not all zero")
         self.weights = tuple(w)
         self.chunk_tokens = chunk_tokens
+        self.seed = seed
         self.rng = random.Random(seed)
         self._mods: ExitModules | None = None
         self._mods_of: int | None = None
@@ -217,7 +219,10 @@ class SortedLoss:
     def __call__(self, model, batch):
         mods = self.modules(model)
         if self.mode == "stochastic":
-            exits = self.rng.choices(self.exits, weights=self.weights, k=1)
+            # A pure function of (seed, step, micro) when the loop says where it is: a resumed run
+            # samples the same exits as an uninterrupted one.
+            rng = random.Random(f"{self.seed}:{batch['step']}:{batch['micro']}") if "step" in batch else self.rng
+            exits = rng.choices(self.exits, weights=self.weights, k=1)
             coefs = [1.0]
         else:
             exits = list(self.exits)
@@ -225,10 +230,9 @@ class SortedLoss:
             coefs = [w / total_w for w in self.weights]
         hidden = capture_exits(model, mods, exits, batch["input_ids"], batch.get("attention_mask"))
         loss, per_exit, _ = exits_ce(mods, hidden, batch["labels"], exits, coefs, self.chunk_tokens)
-        metrics = {f"loss@{n}": float(v) for n, v in zip(exits, per_exit)}
-        if self.mode == "stochastic":
-            metrics["exit"] = float(exits[0])
-        return loss, metrics
+        if self.mode == "stochastic":  # the loop averages metrics over micro-batches
+            return loss, {"sampled_exit": float(exits[0])}
+        return loss, {f"loss@{n}": float(v) for n, v in zip(exits, per_exit)}
 
 
 def naive_exit_losses(model, batch, exits: Sequence[int]) -> list:

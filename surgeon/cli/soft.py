@@ -1,0 +1,60 @@
+"""surgeon soft MODEL --data SPEC [--exits N,N,...] [--loss sum|stochastic] -o OUT"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..options import build, click_options
+from ..soft.train import SoftOptions
+from ._render import console, print_json
+
+
+def render_soft(r, c) -> None:
+    """Print a SoftResult: per-exit held-out loss before/after, training speed, output."""
+    from rich.table import Table
+
+    if r.after:
+        before = {q.exit: q for q in r.before}
+        t = Table("exit", "loss before", "loss after", "ppl after", "KL(full||exit) after", "top-1 agree",
+                  title=f"held-out quality per exit ({r.eval_tokens} tokens)", title_justify="left")
+        for q in r.after:
+            b = before.get(q.exit)
+            t.add_row(f"{q.exit}/{r.num_layers}", f"{b.loss:.4f}" if b else "-", f"{q.loss:.4f}", f"{q.perplexity:.2f}",
+                      f"{q.kl_full_exit:.4f}", f"{q.top1_agreement:.1%}")
+        c.print(t)
+    tr = r.train
+    done = tr.steps - tr.resumed_from
+    resumed = f" (resumed at step {tr.resumed_from})" if tr.resumed_from else ""
+    c.print(f"trained {done} steps{resumed} with the {r.loss} loss over exits {', '.join(map(str, r.exits))} "
+            f"in {tr.seconds:.1f}s ({tr.seconds_per_step:.2f} s/step); final train loss {tr.losses[-1]:.4f}")
+    if r.output is not None:
+        c.print(f"[green]wrote[/] {r.output.output}")
+
+
+@click.command("soft")
+@click.argument("model", type=click.Path(path_type=Path))
+@click_options(SoftOptions)
+@click.option("--json", "as_json", is_flag=True, help="Print the result (per-exit losses, training, output) as JSON.")
+def soft_cmd(model: Path, as_json: bool, **kwargs) -> None:
+    """Sorted Fine-Tuning: train every prefix MODEL[:n] (n in --exits) to be a usable model.
+
+    Sub-model n is the first n layers read through the shared final norm and LM head (no new
+    parameters). Every step trains all exits from one forward pass (--loss sum, Sorted LLaMA
+    eq. 1) or one sampled exit (--loss stochastic). --exits L alone is plain SFT, the baseline.
+    The output is a plain merged checkpoint whose sorted manifest lists the trained exits.
+    Runs on CPU, one GPU, or several with `accelerate launch -m surgeon soft ...`.
+    """
+    from ..soft.train import soft
+    from .heal import phase_bar
+
+    opts = build(SoftOptions, model=model, **kwargs)
+    with phase_bar() as progress:
+        r = soft(opts, progress=progress)
+    if r.output is None:  # a non-main process under accelerate launch
+        return
+    if as_json:
+        print_json(r.to_dict())
+        return
+    render_soft(r, console())

@@ -1,0 +1,333 @@
+"""Sorted Fine-Tuning: exits, the chunked sorted loss, per-exit evaluation, and the soft recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from surgeon.errors import UsageError
+from surgeon.soft.exits import default_exits, manifest_exits, parse_exits
+
+from .conftest import run_cli
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP
+    spinning made one tiny step ~50x slower (5.5 s vs 0.07 s measured)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+# ---------------------------------------------------------------------------------------- exits
+
+
+def test_default_exits_spread_from_a_quarter_to_the_top():
+    assert default_exits(32) == (8, 12, 16, 20, 24, 28, 32)
+    assert default_exits(40) == (10, 15, 20, 25, 30, 35, 40)
+    assert default_exits(6) == (2, 3, 4, 5, 6)
+    for n in (1, 2, 3, 7, 30, 80):
+        ex = default_exits(n)
+        assert ex[-1] == n and list(ex) == sorted(set(ex)) and ex[0] >= 1
+
+
+def test_parse_exits_accepts_strings_and_sequences():
+    assert parse_exits("10, 15,30", 30) == (10, 15, 30)
+    assert parse_exits([2, 4], 6) == (2, 4)
+    assert parse_exits(None, 6) == default_exits(6)
+    assert parse_exits("6", 6) == (6,)  # plain SFT
+
+
+@pytest.mark.parametrize("spec,words", [
+    ("4,2", "must increase"),
+    ("2,2,4", "listed twice"),
+    ("0,3", "keeps no layer"),
+    ("2,7", "deeper than the model"),
+    ("2,x", "not an integer"),
+    ("2,,4", "empty item"),
+    ("-1,4", "keeps no layer"),
+])
+def test_parse_exits_errors_name_the_problem(spec, words):
+    with pytest.raises(UsageError, match=words):
+        parse_exits(spec, 6)
+
+
+def test_manifest_exits_are_prefixes():
+    assert manifest_exits([2, 3]) == [{"name": "depth-2", "layers": [0, 1]}, {"name": "depth-3", "layers": [0, 1, 2]}]
+
+
+# ---------------------------------------------------------------------------------------- loss
+
+
+def _load(path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def _batch(seed=0, vocab=500):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (3, 37), generator=g)
+    labels = ids.clone()
+    labels[0, :12] = -100  # an instruction prompt
+    mask = torch.ones_like(ids)
+    mask[2, 30:] = 0  # right padding
+    labels[2, 30:] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_close_grads(a, b, rtol=1e-4):
+    assert set(a) == set(b)
+    for n in a:
+        scale = b[n].abs().max().item() + 1e-12
+        assert (a[n] - b[n]).abs().max().item() <= rtol * scale, n
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "qwen3"])  # gemma2: soft-capping, tied head
+def test_chunked_loss_equals_naive_loss_and_gradients(tiny_models, family):
+    from surgeon.soft.losses import SortedLoss, naive_exit_losses
+
+    model = _load(tiny_models[family])
+    batch = _batch()
+    exits = [2, 4, 6]
+    weights = [1.0, 2.0, 3.0]
+    ref = naive_exit_losses(model, batch, exits)
+    ref_total = sum(w * r for w, r in zip(weights, ref)) / sum(weights)
+    model.zero_grad()
+    ref_total.backward()
+    g_ref = _grads(model)
+    model.zero_grad()
+    loss, metrics = SortedLoss(exits, "sum", weights, chunk_tokens=7)(model, batch)  # 7: many ragged chunks
+    loss.backward()
+    assert float(loss) == pytest.approx(float(ref_total), rel=1e-5)
+    for n, r in zip(exits, ref):
+        assert metrics[f"loss@{n}"] == pytest.approx(float(r), rel=1e-5)
+    _assert_close_grads(_grads(model), g_ref)
+
+
+def test_checkpointed_path_for_wrapped_heads_matches_naive(tiny_models):
+    """A head that is not a plain nn.Linear (peft / bitsandbytes) goes through torch.utils.checkpoint."""
+    import torch
+
+    from surgeon.soft.losses import SortedLoss, naive_exit_losses
+
+    class WrappedLinear(torch.nn.Linear):
+        pass
+
+    model = _load(tiny_models["llama"])
+    old = model.lm_head
+    model.lm_head = WrappedLinear(old.in_features, old.out_features, bias=False)
+    model.lm_head.weight = old.weight
+    batch = _batch(1)
+    ref = sum(naive_exit_losses(model, batch, [3, 6])) / 2
+    model.zero_grad()
+    ref.backward()
+    g_ref = _grads(model)
+    model.zero_grad()
+    loss, _ = SortedLoss([3, 6], chunk_tokens=16)(model, batch)
+    loss.backward()
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    _assert_close_grads(_grads(model), g_ref)
+
+
+def test_exit_below_L_stops_the_forward_pass_early(tiny_models):
+    from surgeon.soft.heads import capture_exits, exit_modules
+
+    model = _load(tiny_models["llama"])
+    mods = exit_modules(model)
+    ran = []
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(mods.layers)]
+    batch = _batch()
+    hidden = capture_exits(model, mods, [2, 3], batch["input_ids"], batch["attention_mask"])
+    for h in hooks:
+        h.remove()
+    assert ran == [0, 1, 2] and set(hidden) == {2, 3}
+
+
+def test_stochastic_loss_samples_one_exit_per_micro_batch_reproducibly(tiny_models):
+    from surgeon.soft.losses import SortedLoss, naive_exit_losses
+
+    model = _load(tiny_models["llama"])
+    batch = _batch()
+    picks = []
+    for step in range(12):
+        fn = SortedLoss([2, 4, 6], "stochastic", seed=3)
+        loss, metrics = fn(model, {**batch, "step": step, "micro": 0})
+        again, metrics2 = SortedLoss([2, 4, 6], "stochastic", seed=3)(model, {**batch, "step": step, "micro": 0})
+        assert metrics == metrics2
+        n = int(metrics["sampled_exit"])
+        picks.append(n)
+        assert float(loss) == pytest.approx(float(naive_exit_losses(model, batch, [n])[0]), rel=1e-5)
+    assert len(set(picks)) > 1  # 12 draws from 3 exits: all equal has probability 3^-11
+    # weights bias the sampler
+    heavy = [int(SortedLoss([2, 6], "stochastic", [0.0, 1.0], seed=s)(model, {**batch, "step": 0, "micro": 0})[1]
+                 ["sampled_exit"]) for s in range(4)]
+    assert heavy == [6, 6, 6, 6]
+
+
+def test_chunked_loss_keeps_no_logits_for_backward(tiny_models):
+    """What autograd keeps between forward and backward: the naive loss keeps every exit's
+    (tokens x vocab) logits; the chunked loss keeps no vocabulary-wide tensor at all."""
+    import torch
+
+    from surgeon.soft.losses import SortedLoss, naive_exit_losses
+
+    model = _load(tiny_models["llama"])
+    vocab = model.config.vocab_size
+    head_storage = model.lm_head.weight.untyped_storage().data_ptr()
+    ids = torch.randint(3, 500, (4, 64), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    exits = [1, 2, 3, 4, 5, 6]
+
+    def vocab_bytes_saved(fn):
+        seen = {}
+
+        def pack(t):
+            is_weight = t.untyped_storage().data_ptr() == head_storage  # the head's own weight (V x D)
+            if t.dim() >= 1 and t.shape[-1] == vocab and not is_weight:
+                seen[t.data_ptr()] = t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = fn()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return sum(seen.values())
+
+    naive = vocab_bytes_saved(lambda: sum(naive_exit_losses(model, batch, exits)) / len(exits))
+    chunked = vocab_bytes_saved(lambda: SortedLoss(exits, chunk_tokens=32)(model, batch)[0])
+    assert naive >= (len(exits) - 1) * 4 * 63 * vocab * 4  # float32 logits of every exit
+    assert chunked == 0
+
+
+# ---------------------------------------------------------------------------------------- eval
+
+
+def test_exit_quality_of_the_full_exit_is_the_model_loss(tiny_models):
+    from surgeon.evaluate import heldout_loss
+    from surgeon.soft.evaluate import exit_quality
+
+    model = _load(tiny_models["gemma2"])
+    b = _batch(2)
+    examples = [{"input_ids": b["input_ids"][i].tolist(), "labels": b["labels"][i].tolist()} for i in range(2)]
+    q, tokens = exit_quality(model, examples, [3, 6], batch_size=1, chunk_tokens=5)
+    ref = heldout_loss(model, examples)
+    assert tokens == ref.tokens
+    assert q[1].loss == pytest.approx(ref.loss, rel=1e-5)
+    assert q[1].kl_full_exit == pytest.approx(0.0, abs=1e-6) and q[1].top1_agreement == 1.0
+    assert q[0].kl_full_exit > 0
+
+
+def test_eval_cli_json_and_errors(tiny_models, tmp_path):
+    from surgeon.testing import corpus
+
+    data = tmp_path / "c.txt"
+    data.write_text("\n\n".join(corpus(400)))
+    r = run_cli("eval", tiny_models["llama"], "--exit", "3", "--data", data, "--seq-len", "32", "--samples", "4", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert [e["exit"] for e in out["exits"]] == [3] and out["tokens"] > 0
+    assert run_cli("eval", tiny_models["llama"], "--exit", "7", "--data", data).exit_code != 0
+    r = run_cli("eval", tiny_models["llama"], "--data", data)
+    assert r.exit_code == 2 and "--all-exits" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------- recipe
+
+
+@pytest.fixture(scope="module")
+def text_data(tmp_path_factory) -> Path:
+    from surgeon.testing import corpus
+
+    p = tmp_path_factory.mktemp("softdata") / "corpus.txt"
+    p.write_text("\n\n".join(corpus(1500, seed=1)))
+    return p
+
+
+def _run(model, data, out, exits, **kw):
+    from surgeon.soft.train import SoftOptions, soft
+
+    opts = dict(model=Path(model), data=str(data), exits=exits, method="full", quant="none", steps=40, lr=3e-3,
+                warmup=2, seq_len=64, batch_size=8, eval_samples=0, save_every=0, output=out)
+    opts.update(kw)
+    return soft(SoftOptions(**opts))
+
+
+def test_soft_beats_sft_on_intermediate_exits_and_keeps_the_final_exit(tiny_models, text_data, tmp_path):
+    """Same steps and data: SoFT's intermediate exits reach a clearly lower held-out loss than
+    SFT's (read through the shared norm and head); SoFT's final exit is within 10% of SFT's."""
+    from surgeon.data import training_examples
+    from surgeon.soft.evaluate import exit_quality
+
+    src = tiny_models["llama"]
+    sft = _run(src, text_data, tmp_path / "sft", "6")
+    _run(src, text_data, tmp_path / "soft", "2,4,6")
+    assert sft.train.losses[-1] < sft.train.losses[0]  # both actually trained
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src)
+    held = list(training_examples(str(text_data), tok, seq_len=64, role="eval", max_examples=24))
+    q_sft = {q.exit: q.loss for q in exit_quality(_load(tmp_path / "sft"), held, [2, 4, 6], kl=False)[0]}
+    q_srt = {q.exit: q.loss for q in exit_quality(_load(tmp_path / "soft"), held, [2, 4, 6], kl=False)[0]}
+    assert q_srt[2] < q_sft[2] - 0.1, (q_srt, q_sft)
+    assert q_srt[4] < q_sft[4], (q_srt, q_sft)
+    assert q_srt[6] <= 1.10 * q_sft[6], (q_srt, q_sft)
+    # the intermediate exit is nearly as good as the full model only after SoFT
+    assert q_srt[2] - q_srt[6] < 0.5 * (q_sft[2] - q_sft[6]), (q_srt, q_sft)
+    # the output records its exits: sorted manifest (when the executor writes one) and provenance
+    prov = json.loads((tmp_path / "soft" / "surgeon_provenance.json").read_text())["operations"][-1]
+    assert prov["operation"] == "soft" and prov["exits"] == [2, 4, 6] and prov["soft"]["loss"] == "sum"
+    manifest = tmp_path / "soft" / "sorted_manifest.json"
+    if manifest.exists():
+        names = {e["name"]: e["layers"] for e in json.loads(manifest.read_text())["exits"]}
+        assert names["depth-2"] == [0, 1] and names["depth-4"] == [0, 1, 2, 3]
+
+
+def test_soft_lora_stochastic_runs_and_reports_before_after(tiny_models, text_data, tmp_path):
+    r = _run(tiny_models["qwen2"], text_data, tmp_path / "o", "3,6", method="lora", quant="none", loss="stochastic",
+             steps=4, grad_accum=2, eval_samples=4, exit_weights="1,3", rank=4)
+    assert [q.exit for q in r.before] == [3, 6] == [q.exit for q in r.after]
+    assert all(q.loss > 0 for q in r.after)
+    assert (tmp_path / "o" / "config.json").is_file()
+
+
+def test_soft_cli_rejects_bad_input_before_training(tiny_models, text_data, tmp_path):
+    m = tiny_models["llama"]
+    cases = [
+        (["--exits", "4,2"], "must increase"),
+        (["--exits", "0,6"], "keeps no layer"),
+        (["--exits", "2,9"], "deeper than the model"),
+        (["--exits", "2,2,6"], "listed twice"),
+        (["--exits", "2,6", "--exit-weights", "1,2,3"], "one weight per exit"),
+        (["--method", "full"], "cannot train 4-bit"),
+    ]
+    for args, words in cases:
+        r = run_cli("soft", m, "--data", text_data, "-o", tmp_path / "x", *args)
+        assert r.exit_code != 0 and words in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.output
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_soft_on_smollm2_lowers_every_exit(smollm2, tmp_path):
+    """Real model: a short SoFT run brings every exit's held-out loss far below its start."""
+    r = _run(smollm2, "builtin:sotu", tmp_path / "o", "10,15,20,25,30", steps=30, lr=1e-4, warmup=3,
+             seq_len=128, batch_size=4, eval_samples=16, method="full", quant="none")
+    before = {q.exit: q.loss for q in r.before}
+    for q in r.after:
+        if q.exit < 30:
+            assert q.loss < 0.6 * before[q.exit], (q.exit, before[q.exit], q.loss)
+        else:
+            assert q.loss < before[q.exit] + 0.1
