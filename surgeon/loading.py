@@ -95,7 +95,6 @@ def load(path: str | Path, exit: str | int | dict | None = None, *, max_params: 
 
     from .manifest.build import exit_plan
     from .manifest.store import read_manifest
-    from .surgery.execute import materialize
 
     ckpt = Checkpoint.open(path)
     found = None if isinstance(exit, dict) else read_manifest(ckpt.path)
@@ -113,7 +112,7 @@ def load(path: str | Path, exit: str | int | dict | None = None, *, max_params: 
         model = AutoModelForCausalLM.from_config(config, dtype=dtype or _config_dtype(config, torch))
     state = {}
     for op in plan.tensors:
-        t = materialize(ckpt, op)
+        t = _materialize(ckpt, op, torch)
         state[op.name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
     result = model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
@@ -131,6 +130,25 @@ def load(path: str | Path, exit: str | int | dict | None = None, *, max_params: 
     model.surgeon_exit = choice
     log.info("loaded exit %s (%d layers) of %s", choice.name, len(choice.layers), ckpt.path)
     return model
+
+
+def _materialize(ckpt: Checkpoint, op, torch):
+    """Read one tensor straight into its own buffer (one copy), gather, cast: ``op``'s output tensor."""
+    from .errors import CheckpointError
+    from .io.checkpoint import TORCH_DTYPES
+
+    info = ckpt.tensors[op.src]
+    buf = bytearray(info.nbytes)
+    with open(ckpt.path / info.file, "rb", buffering=0) as f:
+        f.seek(info.begin)
+        got = f.readinto(buf)
+    if got != info.nbytes:
+        raise CheckpointError(f"{info.file} ends inside tensor {op.src}: truncated", "re-download the checkpoint")
+    src_dtype = getattr(torch, TORCH_DTYPES[info.dtype])
+    t = torch.frombuffer(buf, dtype=src_dtype).reshape(info.shape) if info.numel else torch.empty(info.shape, dtype=src_dtype)
+    for dim, idx in op.select:
+        t = t.index_select(dim, torch.tensor(idx, dtype=torch.long))
+    return t.to(getattr(torch, TORCH_DTYPES[op.dtype]))
 
 
 def _config_dtype(config, torch):

@@ -118,14 +118,17 @@ def test_load_width_exit_equals_extract_width(sorted_llama, tmp_path):
 
 
 def test_load_reads_only_the_exit_tensors(sorted_llama, monkeypatch):
+    import surgeon.loading
+
     read: list[str] = []
-    real = Checkpoint.read_bytes
+    real = surgeon.loading._materialize
 
-    def spy(self, name):
-        read.append(name)
-        return real(self, name)
+    def spy(ckpt, op, torch):
+        read.append(op.src)
+        return real(ckpt, op, torch)
 
-    monkeypatch.setattr(Checkpoint, "read_bytes", spy)
+    monkeypatch.setattr(surgeon.loading, "_materialize", spy)
+    monkeypatch.setattr(Checkpoint, "read_bytes", lambda *a: pytest.fail("load must not read through read_bytes"))
     m = ref.read_manifest(str(sorted_llama))
     surgeon.load(sorted_llama, exit="depth-2")
     assert sorted(read) == sorted(ref.exit_tensors(m, "depth-2"))
