@@ -279,3 +279,33 @@ def _quantized(path, device):
     model = AutoModelForCausalLM.from_pretrained(str(path), quantization_config=q, dtype=dtype,
                                                  device_map={"": device}, use_safetensors=True)
     return model.eval().requires_grad_(False)
+
+
+def prune_and_heal(prune_opts, settings: HealSettings, progress: HealProgress | None = None):
+    """``surgeon prune ... --heal SPEC``: prune into a temp folder beside the output, heal it into
+    the output, remove the temp folder. The output's provenance holds both operations; the
+    unpruned model is the default ``--distill`` teacher. Returns ``(PruneResult, HealResult)``."""
+    import dataclasses
+    import os
+
+    from .io.atomic import TMP_TAG, check_output
+    from .prune import prune
+
+    if prune_opts.output is None or not prune_opts.heal:
+        raise UsageError("prune --heal needs -o/--output and a data spec", "e.g. --heal builtin:sotu -o pruned/")
+    out = Path(prune_opts.output)
+    check_output(out, Path(prune_opts.model), prune_opts.force)
+    tmp = out.parent / f".{out.name}{TMP_TAG}{os.getpid()}-prune"  # cleaned up by atomic_output if we die
+    report = progress or (lambda done, total, label: None)
+    try:
+        pruned = prune(dataclasses.replace(prune_opts, output=tmp, force=True),
+                       progress=lambda d, t, _n: report(d, t, "pruning"))
+        fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(HealSettings)}
+        if fields["teacher"] is None and fields["distill"] != "none":
+            fields["teacher"] = Path(prune_opts.model)
+        opts = HealOptions(model=tmp, output=out, data=prune_opts.heal, dtype=prune_opts.dtype,
+                           max_shard_size=prune_opts.max_shard_size, force=prune_opts.force, **fields)
+        healed = heal(opts, progress)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return pruned, healed

@@ -45,6 +45,7 @@ class PruneOptions:
     max_shard_size: str = opt("5GB", "Largest output shard.")
     dry_run: bool = opt(False, "Print the plan and write nothing.")
     force: bool = opt(False, "Replace a non-empty output folder.")
+    heal: str | None = opt(None, "Heal the pruned model on this data spec (QLoRA; tune with --heal-* options, see surgeon heal --help).")
 
     def __post_init__(self):
         if self.n is None:
@@ -52,7 +53,6 @@ class PruneOptions:
         if self.output is None and not self.dry_run:
             raise UsageError("-o/--output is required", "give an output folder, or use --dry-run")
         parse_size(self.max_shard_size, "--max-shard-size")
-
         if self.samples < 1:
             raise UsageError(f"--samples {self.samples} is below 1", "give the number of calibration sequences, e.g. --samples 256")
         if self.seq_len < 2:
@@ -60,14 +60,15 @@ class PruneOptions:
         if self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size} is below 1", "give --batch-size 1 or more")
 
+
 @dataclass
 class Block:
     start: int
     n: int
     strategy: str
     distance: float | None = None
-
     analysis: dict | None = None  # where the distance came from (data, samples, seq_len, file)
+
     @property
     def layers(self) -> list[int]:
         return list(range(self.start, self.start + self.n))

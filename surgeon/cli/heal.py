@@ -81,3 +81,48 @@ def heal_cmd(model: Path, as_json: bool, **kwargs) -> None:
         print_json(r.to_dict())
         return
     render_heal(r, console())
+
+
+def heal_click_options(prefix: str = "heal"):
+    """The :class:`~surgeon.heal.HealSettings` flags renamed ``--heal-*`` (for ``surgeon prune --heal``),
+    so they never clash with the host command's own ``--seq-len`` / ``--batch-size``."""
+    import dataclasses
+    import typing
+
+    from ..heal import HealSettings
+    from ..options import click_options
+
+    hints = typing.get_type_hints(HealSettings)
+    specs = []
+    for f in dataclasses.fields(HealSettings):
+        md = dict(f.metadata, flags=None)
+        specs.append((f"{prefix}_{f.name}", hints[f.name], dataclasses.field(default=f.default, metadata=md)))
+    return click_options(dataclasses.make_dataclass("PrefixedHealSettings", specs, frozen=True))
+
+
+def build_heal_settings(kwargs: dict, prefix: str = "heal"):
+    """Pop the ``heal_*`` values from click's kwargs and build HealSettings from them."""
+    from ..heal import HealSettings
+
+    p = f"{prefix}_"
+    values = {k[len(p):]: kwargs.pop(k) for k in list(kwargs) if k.startswith(p)}
+    return HealSettings(**values)
+
+
+def run_prune_heal(opts, settings, as_json: bool) -> None:
+    """``surgeon prune ... --heal SPEC``: one library call, then the prune line and the heal summary."""
+    from ..heal import prune_and_heal
+    from ._render import ranges
+
+    with phase_bar() as progress:
+        p, r = prune_and_heal(opts, settings, progress)
+    if r.output is None:
+        return
+    if as_json:
+        print_json({"plan": p.plan.to_dict(), "block": p.extra["block"], "heal": r.to_dict(), "output": r.output.output})
+        return
+    c = console()
+    b = p.block
+    c.print(f"pruned block [bold]{b.start}..{b.start + b.n - 1}[/] ({b.strategy}); kept layers "
+            f"{ranges(list(p.plan.kept_layers))}")
+    render_heal(r, c)

@@ -9,11 +9,13 @@ import click
 from ..options import build, click_options
 from ..prune import PruneOptions
 from ._render import console, human_bytes, print_json, progress_bar, ranges, render_plan
+from .heal import build_heal_settings, heal_click_options, run_prune_heal
 
 
 @click.command("prune")
 @click.argument("model", type=click.Path(path_type=Path))
 @click_options(PruneOptions)
+@heal_click_options()
 @click.option("--json", "as_json", is_flag=True, help="Print the result (plan, block, output) as JSON.")
 def prune_cmd(model: Path, as_json: bool, **kwargs) -> None:
     """Drop N consecutive layers of MODEL.
@@ -25,7 +27,10 @@ def prune_cmd(model: Path, as_json: bool, **kwargs) -> None:
     """
     from ..prune import prune
 
+    settings = build_heal_settings(kwargs)
     opts = build(PruneOptions, model=model, **kwargs)
+    if opts.heal and not opts.dry_run:
+        return run_prune_heal(opts, settings, as_json)
     c = console()
     bars: dict[str, progress_bar] = {}
 
@@ -52,11 +57,11 @@ def prune_cmd(model: Path, as_json: bool, **kwargs) -> None:
     b = r.block
     dist = f", angular distance {b.distance:.4f}" if b.distance is not None else ""
     c.print(f"block [bold]{b.start}..{b.start + b.n - 1}[/] ({b.strategy}{dist})")
+    if b.analysis and b.analysis.get("data"):
+        c.print(f"  measured on {b.analysis['data']}: {b.analysis.get('samples')} samples x {b.analysis.get('seq_len')} tokens")
     if opts.dry_run:
         render_plan(r.plan, c)
         return
     c.print(f"kept layers {ranges(list(r.plan.kept_layers))} -> renumbered 0..{len(r.plan.kept_layers) - 1}")
     c.print(f"[green]wrote[/] {r.result.output}: {len(r.plan.kept_layers)} layers, "
-    if b.analysis and b.analysis.get("data"):
-        c.print(f"  measured on {b.analysis['data']}: {b.analysis.get('samples')} samples x {b.analysis.get('seq_len')} tokens")
             f"{human_bytes(r.result.bytes_written)} in {r.result.seconds:.1f}s")

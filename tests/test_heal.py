@@ -1,0 +1,339 @@
+"""Healing and the shared training recipe: schedule, data order, loss, merge, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from surgeon.errors import DataError, UsageError
+from surgeon.testing import corpus
+from surgeon.train import ModelSetup, TrainConfig, data_indices, effective_warmup, lr_factor
+
+from .conftest import run_cli
+
+SEQ = 32
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("heal-data") / "corpus.txt"
+    p.write_text("\n\n".join(corpus(400)), encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="module")
+def examples(tiny_models, text_file):
+    from transformers import AutoTokenizer
+
+    from surgeon.data import training_examples
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    return list(training_examples(str(text_file), tok, seq_len=SEQ))
+
+
+def _load(path, **setup):
+    from surgeon.train import load_trainable, seed_everything
+
+    seed_everything(0)
+    return load_trainable(path, ModelSetup(**setup))
+
+
+# ------------------------------------------------------------------ pure parts
+def test_schedule_warmup_capped_and_cosine():
+    assert effective_warmup(100, 50) == 5
+    assert effective_warmup(100, 5000) == 100
+    assert effective_warmup(0, 100) == 0
+    steps, w = 50, effective_warmup(100, 50)
+    f = [lr_factor(s, steps, w) for s in range(steps)]
+    assert f[0] == pytest.approx(1 / w) and f[w - 1] == pytest.approx(1.0)
+    assert f[w] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[w:], f[w + 1:]))  # cosine decreases
+    assert 0 < f[-1] < 0.01
+
+
+def test_data_order_is_seeded_and_covers_every_example():
+    n = 10
+    a = data_indices(n, seed=3, start=0, count=30)
+    assert a == data_indices(n, seed=3, start=0, count=30)
+    assert a != data_indices(n, seed=4, start=0, count=30)
+    for epoch in range(3):
+        assert sorted(a[epoch * n:(epoch + 1) * n]) == list(range(n))
+    assert data_indices(n, 3, 7, 5) == a[7:12]  # any position is reachable directly (resume)
+
+
+@pytest.mark.parametrize("kwargs", [dict(steps=0), dict(batch_size=0), dict(grad_accum=0), dict(lr=0.0),
+                                    dict(warmup=-1), dict(save_every=-1)])
+def test_train_config_rejects(kwargs):
+    with pytest.raises(UsageError):
+        TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(rank=0), dict(method="full", quant="nf4"), dict(dropout=1.0),
+                                    dict(quant="int3"), dict(method="prefix")])
+def test_model_setup_rejects(kwargs):
+    with pytest.raises(UsageError):
+        ModelSetup(**kwargs)
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--rank", "0"), ("--batch-size", "0")])
+def test_cli_bad_numbers(tiny_models, tmp_path, text_file, flag, value):
+    r = run_cli("heal", tiny_models["llama"], "--data", text_file, "-o", tmp_path / "o", flag, value)
+    assert r.exit_code == 2
+    assert flag in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ model setup
+def test_lora_targets_the_family_ffn(family_model):
+    family, path = family_model
+    from peft.tuners.lora import LoraLayer
+
+    from surgeon.train import checkpoint_family
+
+    model = _load(path, quant="none")
+    wrapped = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+    assert wrapped == set(checkpoint_family(path).ffn_modules)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_unknown_target_module_is_a_usage_error(tiny_models):
+    with pytest.raises(UsageError, match="not_a_proj.*choose from.*down_proj"):
+        _load(tiny_models["llama"], quant="none", target_modules=("not_a_proj",))
+
+
+def test_nf4_base_is_4bit(tiny_models):
+    import bitsandbytes as bnb
+
+    model = _load(tiny_models["llama"])
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
+    assert isinstance(layer.base_layer, bnb.nn.Linear4bit)
+    assert layer.base_layer.weight.quant_state.quant_type == "nf4"
+
+
+# ------------------------------------------------------------------ the loop
+def test_loss_decreases(tiny_models, examples):
+    from surgeon.train import train
+
+    model = _load(tiny_models["llama"], quant="none")
+    seen = []
+    r = train(model, examples, TrainConfig(steps=24, lr=2e-2, warmup=2, batch_size=4),
+              progress=lambda info: seen.append(info))
+    assert len(r.losses) == 24 and [i.step for i in seen] == list(range(1, 25))
+    assert seen[-1].eta_s == 0 and seen[0].tokens_per_s > 0
+    assert r.tokens == 24 * 4 * SEQ
+    first, last = r.losses[0], sum(r.losses[-4:]) / 4
+    assert last < first - 0.2, r.losses
+
+
+def test_custom_loss_fn_contract(tiny_models, examples):
+    import torch
+
+    from surgeon.train import train
+
+    model = _load(tiny_models["llama"], quant="none")
+    calls = []
+
+    def loss_fn(m, batch):
+        calls.append((batch["step"], batch["micro"], tuple(batch["input_ids"].shape), batch["labels"].dtype))
+        out = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        return out.loss, {"double": out.loss.detach() * 2}
+
+    r = train(model, examples, TrainConfig(steps=2, grad_accum=2, batch_size=3, warmup=0), loss_fn=loss_fn)
+    assert [(s, m) for s, m, _, _ in calls] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert calls[0][2] == (3, SEQ) and calls[0][3] == torch.long
+    assert r.metrics[0]["double"] == pytest.approx(2 * r.losses[0], rel=1e-5)
+
+
+def test_resume_reaches_the_same_weights(tiny_models, examples, tmp_path):
+    import torch
+
+    from surgeon.train import train, trainable_state
+
+    cfg = TrainConfig(steps=8, lr=1e-2, warmup=2, batch_size=2, grad_accum=2, save_every=3, seed=5)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(k):
+        def cb(info):
+            if info.step == k:
+                raise Stop
+        return cb
+
+    model = _load(tiny_models["llama"], quant="none")
+    ref = train(model, examples, cfg, checkpoint_dir=tmp_path / "a")
+    ref_w = trainable_state(model)
+
+    model = _load(tiny_models["llama"], quant="none")
+    with pytest.raises(Stop):
+        train(model, examples, cfg, checkpoint_dir=tmp_path / "b", progress=stop_at(5))
+    assert (tmp_path / "b" / "latest").read_text().strip() == "step-00000003"
+    model = _load(tiny_models["llama"], quant="none", dropout=0.05)
+    with torch.no_grad():  # scramble: resume must restore the checkpoint, not rely on the init
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.5)
+    res = train(model, examples, cfg, checkpoint_dir=tmp_path / "b", resume=True)
+    assert res.resumed_from == 3 and res.losses == ref.losses
+    w = trainable_state(model)
+    assert all(torch.equal(w[k], ref_w[k]) for k in ref_w)
+
+    other = TrainConfig(steps=8, lr=1e-2, warmup=2, batch_size=2, grad_accum=2, save_every=3, seed=6)
+    with pytest.raises(UsageError, match="seed"):
+        train(_load(tiny_models["llama"], quant="none"), examples, other, checkpoint_dir=tmp_path / "b", resume=True)
+
+
+def test_too_little_data_and_oom(tiny_models, examples):
+    import torch
+
+    from surgeon.train import train
+
+    model = _load(tiny_models["llama"], quant="none")
+    with pytest.raises(DataError, match="fewer than one batch"):
+        train(model, examples[:3], TrainConfig(steps=1, batch_size=4))
+
+    def oom(m, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(UsageError) as e:
+        train(model, examples, TrainConfig(steps=1, batch_size=2), loss_fn=oom)
+    assert "out of memory" in str(e.value)
+    for knob in ("--batch-size", "--seq-len", "--grad-accum"):
+        assert knob in str(e.value)
+
+
+# ------------------------------------------------------------------ merge
+@pytest.mark.parametrize("family", ["llama", "phi3"])
+def test_merged_output_matches_peft_logits(tiny_models, examples, tmp_path, family):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from surgeon.merge import save_merged
+    from surgeon.train import train
+
+    src = tiny_models[family]
+    model = _load(src, quant="none")
+    train(model, examples, TrainConfig(steps=6, lr=2e-2, warmup=1, batch_size=4))
+    model.eval()
+    x = torch.tensor([examples[0]["input_ids"], examples[1]["input_ids"]])
+    with torch.no_grad():
+        want = model(input_ids=x).logits
+    save_merged(model, src, tmp_path / "m")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    original = AutoModelForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        got = merged(input_ids=x).logits
+        orig = original(input_ids=x).logits
+    assert torch.allclose(got, want, atol=2e-5, rtol=1e-5), (got - want).abs().max()
+    assert (orig - want).abs().max() > 1e-2  # training changed the model, so the match means something
+    assert not (tmp_path / "m" / "adapter_config.json").exists()
+
+
+# ------------------------------------------------------------------ the command
+def test_heal_nf4_cli_merges_into_original_float_weights(tiny_models, text_file, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_models["llama"]
+    out = tmp_path / "healed"
+    r = run_cli("heal", src, "--data", text_file, "-o", out, "--steps", "6", "--seq-len", SEQ, "--warmup", "1",
+                "--lr", "1e-2", "--eval-samples", "4", "--save-every", "2", "--save-adapter", "--json")
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["before"]["loss"] > 0 and res["after"]["tokens"] == 4 * (SEQ - 1)
+    assert not Path(str(out) + ".checkpoints").exists()  # default checkpoint folder removed after success
+    cfg = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in cfg
+    heal = json.loads((out / "surgeon_provenance.json").read_text())["operations"][-1]["heal"]
+    assert heal["loss_before"] == pytest.approx(res["before"]["loss"])
+    assert heal["loss_after"] == pytest.approx(res["after"]["loss"])
+
+    # merged = original float weight + B @ A * alpha/r, exactly (not the dequantized 4-bit weight)
+    merged = load_file(out / "model.safetensors")
+    orig = load_file(Path(src) / "model.safetensors")
+    ad = load_file(out / "adapter" / "adapter_model.safetensors")
+    key = "model.layers.1.mlp.down_proj"
+    a = ad[f"base_model.model.{key}.lora_A.weight"]
+    b = ad[f"base_model.model.{key}.lora_B.weight"]
+    assert torch.allclose(merged[key + ".weight"], orig[key + ".weight"] + b @ a * 1.0, atol=1e-6)
+    assert torch.equal(merged["model.layers.1.self_attn.q_proj.weight"], orig["model.layers.1.self_attn.q_proj.weight"])
+    AutoModelForCausalLM.from_pretrained(out)  # loads with stock transformers
+
+
+def test_heal_full_method(tiny_models, text_file, tmp_path):
+    from surgeon.heal import HealOptions, heal
+
+    r = heal(HealOptions(model=tiny_models["qwen3"], output=tmp_path / "o", data=str(text_file), method="full",
+                         quant="none", steps=8, lr=3e-3, warmup=1, seq_len=SEQ, eval_samples=4, save_every=0))
+    assert r.after.loss < r.before.loss
+    assert r.after.loss == pytest.approx(r.trained.loss, abs=1e-4)
+
+
+def test_heal_small_data_is_a_data_error(tiny_models, tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("\n\n".join(corpus(30)), encoding="utf-8")  # ~500 training tokens
+    for seq_len, expect in (("16", "fewer than one batch"), ("4096", "fewer than seq_len")):
+        r = run_cli("heal", tiny_models["llama"], "--data", small, "-o", tmp_path / "o", "--seq-len", seq_len,
+                    "--batch-size", "64", "--quant", "none")
+        assert r.exit_code == 1 and r.stderr.startswith("error:") and expect in r.stderr, r.stderr
+        assert "--seq-len" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_heal_unknown_module_cli(tiny_models, text_file, tmp_path):
+    r = run_cli("heal", tiny_models["llama"], "--data", text_file, "-o", tmp_path / "o", "--seq-len", SEQ,
+                "--quant", "none", "--target-modules", "fc1", "--steps", "1", "--eval-samples", "2")
+    assert r.exit_code == 2 and "fc1" in r.stderr and "gate_proj" in r.stderr
+
+
+@pytest.mark.parametrize("mode", ["logits", "residual"])
+def test_prune_heal_with_distillation(tiny_models, text_file, tmp_path, mode):
+    r = run_cli("prune", tiny_models["llama"], "--n", "2", "--start", "2", "-o", tmp_path / "p",
+                "--heal", text_file, "--heal-steps", "6", "--heal-seq-len", SEQ, "--heal-quant", "none",
+                "--heal-lr", "1e-2", "--heal-warmup", "1", "--heal-eval-samples", "4", "--heal-distill", mode)
+    assert r.exit_code == 0, r.stderr
+    ops = json.loads((tmp_path / "p" / "surgeon_provenance.json").read_text())["operations"]
+    assert [o["operation"] for o in ops] == ["prune", "heal"]
+    assert ops[-1]["heal"]["distill"]["mode"] == mode
+    assert ops[-1]["heal"]["distill"]["teacher"] == str(tiny_models["llama"])
+    if mode == "residual":
+        assert ops[-1]["heal"]["distill"]["cut"] == [2, 2]
+    assert ops[-1]["heal"]["loss_after"] < ops[-1]["heal"]["loss_before"]
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["num_hidden_layers"] == 4
+    assert not any(p.name.startswith(".p") for p in tmp_path.iterdir())  # no temp folder left
+
+
+# ------------------------------------------------------------------ slow
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(tiny_models, text_file, tmp_path):
+    out = tmp_path / "ddp"
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    p = subprocess.run([str(accelerate), "launch", "--cpu", "--num_processes", "2", "-m", "surgeon", "heal",
+                        str(tiny_models["llama"]), "--data", str(text_file), "-o", str(out), "--steps", "4",
+                        "--seq-len", str(SEQ), "--quant", "none", "--warmup", "1", "--eval-samples", "4", "--json"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    heal = json.loads((out / "surgeon_provenance.json").read_text())["operations"][-1]["heal"]
+    assert heal["processes"] == 2
+    assert heal["train_tokens"] == 4 * 4 * 2 * SEQ  # steps x batch x processes x seq
+    shutil.rmtree(out)
+
+
+@pytest.mark.slow
+def test_smollm2_prune_heal_lowers_heldout_loss(smollm2, tmp_path):
+    from surgeon.heal import HealOptions, heal
+    from surgeon.prune import PruneOptions, prune
+
+    prune(PruneOptions(model=smollm2, output=tmp_path / "p", n=6, start=23))
+    r = heal(HealOptions(model=tmp_path / "p", output=tmp_path / "h", data="builtin:sotu", quant="none", steps=100,
+                         batch_size=4, seq_len=256, eval_samples=32, save_every=0))
+    assert r.before.loss - r.after.loss >= 0.2, (r.before.loss, r.after.loss)
