@@ -221,6 +221,12 @@ def test_validate_catches_tampering(sorted_llama, tmp_path):
     side.write_text(json.dumps(m))
     with pytest.raises(ManifestError, match="model.norm.weight"):
         check_checkpoint(out)
+    # a width exit this checkpoint cannot provide (3 query heads split a KV group of 2)
+    m = json.loads(good)
+    m["exits"][2 if m["exits"][2].get("widths") else 1]["widths"] = {"ffn": 64, "heads": 3}
+    side.write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match="cannot provide"):
+        check_checkpoint(out)
     # a verification record that the weights do not reproduce
     m = json.loads(good)
     rec = m["exits"][0]["verification"]
@@ -263,3 +269,15 @@ def test_large_manifest_rides_as_a_pointer(tiny_models, tmp_path):
 def test_inspect_shows_the_manifest(sorted_llama):
     res = run_cli("inspect", sorted_llama)
     assert res.exit_code == 0 and "narrow" in res.stdout and "depth-2" in res.stdout
+
+
+@pytest.mark.slow
+def test_smollm2_sharded_exits_load_and_verify(smollm2, tmp_path):
+    out = tmp_path / "smol"
+    execute(plan_layers(Checkpoint.open(smollm2), range(30), "manifest"), out, max_shard_bytes=100_000_000,
+            manifest_exits=[{"layers": list(range(8))}, {"layers": list(range(16))}])
+    report = check_checkpoint(out, verify=True)
+    assert [e.name for e in report.exits] == ["depth-8", "depth-16", "full"]
+    assert all(e.verified == "exact" for e in report.exits)
+    execute(plan_extract_depth(Checkpoint.open(out), 8), tmp_path / "d8")
+    assert torch.equal(_logits(surgeon.load(out, exit="depth-8")), _logits(_pretrained(tmp_path / "d8")))

@@ -106,6 +106,8 @@ def check_checkpoint(path: str | Path, verify: bool = False) -> ValidationReport
                 _fail(f"exit {e['name']!r} needs tensor {name}, which the checkpoint lacks")
             if info.dtype != spec["dtype"] or list(info.shape) != spec["shape"]:
                 _fail(f"tensor {name} is {info.dtype}{list(info.shape)}, the manifest says {spec['dtype']}{spec['shape']}")
+        if e.get("widths"):
+            _check_widths(ckpt, e)
         checks.append(ExitCheck(e["name"], len(e["layers"]), e["cost"]["parameters"]["total"], len(expected)))
     header = _check_header(folder, data)
     if header == "absent":
@@ -114,6 +116,17 @@ def check_checkpoint(path: str | Path, verify: bool = False) -> ValidationReport
     if verify:
         _verify_exits(folder, data, checks)
     return ValidationReport(str(folder), MANIFEST_FILE, data["format_version"], checks, warnings, header, verify)
+
+
+def _check_widths(ckpt: Checkpoint, exit: dict) -> None:
+    """A width exit must be sliceable from this checkpoint (counts in range, whole KV groups)."""
+    from ..errors import UsageError
+    from .build import exit_plan
+
+    try:
+        exit_plan(ckpt, exit["layers"], exit["widths"])
+    except (UsageError, ManifestError) as e:
+        _fail(f"exit {exit['name']!r} has widths {exit['widths']} this checkpoint cannot provide ({e.problem})")
 
 
 def _exit_shapes(manifest: dict, exit: dict) -> dict[str, dict]:
