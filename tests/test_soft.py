@@ -295,9 +295,16 @@ def test_soft_beats_sft_on_intermediate_exits_and_keeps_the_final_exit(tiny_mode
         assert names["depth-2"] == [0, 1] and names["depth-4"] == [0, 1, 2, 3]
 
 
-def test_soft_lora_stochastic_runs_and_reports_before_after(tiny_models, text_data, tmp_path):
-    r = _run(tiny_models["qwen2"], text_data, tmp_path / "o", "3,6", method="lora", quant="none", loss="stochastic",
-             steps=4, grad_accum=2, eval_samples=4, exit_weights="1,3", rank=4)
+def test_soft_lora_stochastic_on_instruction_data(tiny_models, tmp_path):
+    """Alpaca-style records (loss on the response only), LoRA, stochastic loss with accumulation."""
+    from surgeon.testing import corpus
+
+    lines = corpus(400, seed=2)
+    data = tmp_path / "instr.jsonl"
+    data.write_text("".join(json.dumps({"instruction": lines[i], "input": "", "output": lines[i + 1]}) + "\n"
+                            for i in range(0, 400, 2)))
+    r = _run(tiny_models["qwen2"], data, tmp_path / "o", "3,6", method="lora", quant="none", loss="stochastic",
+             steps=4, grad_accum=2, eval_samples=4, exit_weights="1,3", rank=4, seq_len=256)
     assert [q.exit for q in r.before] == [3, 6] == [q.exit for q in r.after]
     assert all(q.loss > 0 for q in r.after)
     assert (tmp_path / "o" / "config.json").is_file()

@@ -41,21 +41,30 @@ def default_chunk_tokens(vocab_size: int) -> int:
 
 
 def _chunk_ce_and_grad(h, weight, bias, targets, softcap, want_grad: bool):
-    """Summed CE of one chunk and (optionally) d(sum CE)/d(logits pre-cap) in float32."""
+    """Summed CE of one chunk and (optionally) d(sum CE)/d(logits before the cap), float32.
+
+    One exp pass over the (rows x vocab) logits, reused for the loss and the softmax gradient,
+    and in-place updates so the chunk needs one logits-sized buffer (two with soft-capping).
+    """
     import torch
 
     z = torch.nn.functional.linear(h, weight, bias).float()
+    t = None
     if softcap:
         t = torch.tanh(z / softcap)
         z = t * softcap
-    lse = torch.logsumexp(z, dim=-1)
-    loss = (lse - z.gather(1, targets[:, None]).squeeze(1)).sum()
+    rows = torch.arange(len(targets), device=z.device)
+    target_logit = z[rows, targets]
+    m = z.amax(dim=-1, keepdim=True)
+    e = z.sub_(m).exp_()  # z is consumed: e = exp(z - max)
+    total = e.sum(dim=-1, keepdim=True)
+    loss = (total.log() + m).squeeze(1).sub_(target_logit).sum()
     if not want_grad:
         return loss, None
-    g = torch.exp(z - lse[:, None])  # softmax, reusing z's memory pattern
-    g[torch.arange(len(targets), device=g.device), targets] -= 1.0
-    if softcap:
-        g *= 1.0 - t * t
+    g = e.div_(total)  # softmax
+    g[rows, targets] -= 1.0
+    if t is not None:
+        g.mul_(t.mul_(t).neg_().add_(1.0))  # d cap*tanh(z/cap) / dz = 1 - tanh^2
     return loss, g
 
 
@@ -90,12 +99,15 @@ def _make_linear_ce():
                     per_exit[k] += loss
                     if g is None:
                         continue
-                    g *= scale
+                    g.mul_(scale)
                     gc = g.to(h.dtype)
                     if gh is not None:
-                        gh[s:e] = gc @ weight.to(h.dtype)
+                        torch.mm(gc, weight.to(h.dtype), out=gh[s:e])
                     if gw is not None:
-                        gw += (gc.t() @ h[s:e]).float()
+                        if h.dtype == torch.float32:
+                            gw.addmm_(gc.t(), h[s:e])  # in place: no (vocab x hidden) temporary
+                        else:
+                            gw += (gc.t() @ h[s:e]).float()
                     if gb is not None:
                         gb += g.sum(0)
                     del g, gc
