@@ -54,19 +54,26 @@ def write_cmd(model: Path, as_json: bool, **kwargs) -> None:
 def render_exits(manifest: dict, c) -> None:
     from rich.table import Table
 
+    widths = any(e.get("widths") for e in manifest["exits"])
+    quality = any(e.get("quality") for e in manifest["exits"])
     t = Table(title="exits (cheapest first)", title_justify="left")
-    for col in ("exit", "layers", "widths", "params", "FLOPs/token", "KV bytes/token", "loss", "KL(full||exit)",
-                "top-1", "verified"):
+    cols = ["exit", "layers"] + (["widths"] if widths else []) + ["params", "FLOPs/tok", "KV/tok"]
+    cols += (["loss", "KL", "top-1"] if quality else []) + ["check"]
+    for col in cols:
         t.add_column(col, justify="left" if col in ("exit", "layers", "widths") else "right")
     for e in manifest["exits"]:
         q = {x["metric"]: x["value"] for x in e.get("quality") or []}
         cost = e["cost"]
-        t.add_row(e["name"], ranges(e["layers"]), ", ".join(f"{k} {v}" for k, v in (e.get("widths") or {}).items()),
-                  human_count(cost["parameters"]["total"]), human_count(cost["flops_per_token"]),
-                  human_bytes(cost["kv_cache_bytes_per_token"]),
-                  f"{q['loss']:.4f}" if "loss" in q else "", f"{q['kl_full_exit']:.4f}" if "kl_full_exit" in q else "",
-                  f"{q['top1_agreement']:.1%}" if "top1_agreement" in q else "",
-                  "hash" if e.get("verification") else "")
+        row = [e["name"], ranges(e["layers"])]
+        if widths:
+            row.append(" ".join(f"{k}={v}" for k, v in (e.get("widths") or {}).items()))
+        row += [human_count(cost["parameters"]["total"]), human_count(cost["flops_per_token"]),
+                human_bytes(cost["kv_cache_bytes_per_token"])]
+        if quality:
+            row += [f"{q['loss']:.3f}" if "loss" in q else "", f"{q['kl_full_exit']:.3f}" if "kl_full_exit" in q else "",
+                    f"{q['top1_agreement']:.0%}" if "top1_agreement" in q else ""]
+        row.append("hash" if e.get("verification") else "")
+        t.add_row(*row)
     c.print(t)
 
 

@@ -39,10 +39,6 @@ class ValidationReport:
     header_copy: str = "absent"  # "copy" / "pointer" / "absent"
     hashes_verified: bool = False
 
-    @property
-    def ok(self) -> bool:
-        return True  # a failing check raises ManifestError
-
     def to_dict(self) -> dict:
         from dataclasses import asdict
 
