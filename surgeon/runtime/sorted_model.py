@@ -1,0 +1,214 @@
+"""``SortedModel``: every exit of one checkpoint served from one stock transformers model.
+
+An exit is a list of kept layers + the shared final norm and LM head (a prefix ``K`` = layers 0..K-1,
+or a named exit from ``sorted_manifest.json``). Exits share the loaded weights (no copy) and, within
+a generation, one KV cache (see :mod:`surgeon.runtime.stack`)::
+
+    sm = SortedModel.from_pretrained("sorted/")
+    r = sm.generate("The river", max_new_tokens=32, exit=12)          # budget generation
+    r = sm.generate("The river", max_new_tokens=32, draft_exit=8)     # self-speculative, == full greedy
+    r = sm.generate("The river", max_new_tokens=32, early_exit={8: 0.9, 16: 0.8})
+    logits = sm.exit_logits(ids, exit=12)                              # [batch, seq, vocab]
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError, UsageError
+from .exits import early_exit_plan, prefix_depth, read_manifest_exits, resolve_exit
+from .result import GenerationResult
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "bfloat16": "bfloat16",
+          "float16": "float16", "float32": "float32"}
+
+
+class SortedModel:
+    """One loaded causal LM plus its exits. Batch size 1 for generation."""
+
+    def __init__(self, model: Any, tokenizer: Any = None, exits: dict[str, tuple[int, ...]] | None = None,
+                 path: Path | None = None):
+        from .stack import Stack
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.path = path
+        self.stack = Stack(model)
+        self.num_layers = self.stack.num_layers
+        self.exits = dict(exits or {})
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: str | Any | None = None, device: str = "cpu") -> SortedModel:
+        """Load ``path`` (a Hugging Face checkpoint folder) once; ``dtype``: bf16/fp16/fp32 or a torch dtype."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ..io.checkpoint import Checkpoint
+
+        path = Path(path)
+        ckpt = Checkpoint.open(path)  # clear errors for a missing config / weights
+        if isinstance(dtype, str):
+            if dtype not in DTYPES and dtype != "auto":
+                raise UsageError(f"unknown dtype {dtype!r}", "give bf16, fp16 or fp32")
+            dtype = "auto" if dtype == "auto" else getattr(torch, DTYPES[dtype])
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto").to(device)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"transformers cannot load {path}: {str(e).splitlines()[0]}",
+                                  "check that the folder is a causal-LM checkpoint (`surgeon inspect` it)") from None
+        tok = None
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+        except Exception as e:  # noqa: BLE001 - a checkpoint without tokenizer still serves token ids
+            log.info("no tokenizer in %s (%s); token ids only", path, e.__class__.__name__)
+        return cls(model, tok, read_manifest_exits(path, ckpt.num_layers), path)
+
+    # -- exits -------------------------------------------------------------------------------------
+    def layers_of(self, exit: int | str | None) -> tuple[int, ...]:
+        """Kept layers of ``exit``: None = full, K = layers 0..K-1, or a manifest exit name."""
+        return resolve_exit(exit, self.num_layers, self.exits)
+
+    def exit_logits(self, input_ids: Any, exit: int | str | None = None) -> Any:
+        """Logits of the sub-model ``exit`` for every position of ``input_ids`` ([batch, seq], no padding)."""
+        import torch
+
+        from .stack import SharedCache
+
+        ids = torch.as_tensor(input_ids, device=self.model.device)
+        ids = ids.unsqueeze(0) if ids.dim() == 1 else ids
+        pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
+        return self.stack.forward(ids, pos, SharedCache(), self.layers_of(exit)).logits
+
+    def as_exit(self, exit: int | str | None):
+        """Context manager: inside it, ``self.model`` (forward, generate) is the sub-model ``exit``.
+
+        Weights are shared; the swap is undone on exit. Not thread-safe (it edits the loaded model).
+        """
+        return self.stack.using(self.layers_of(exit))
+
+    # -- text --------------------------------------------------------------------------------------
+    def encode(self, prompt: str, chat: bool = False) -> list[int]:
+        """Token ids of ``prompt`` (through the chat template with ``chat=True``)."""
+        if self.tokenizer is None:
+            raise UsageError("this checkpoint has no tokenizer", "pass token ids instead of text")
+        if chat:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise UsageError("the tokenizer has no chat template", "drop --chat")
+            out = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                     add_generation_prompt=True, tokenize=True)
+            ids = out["input_ids"] if hasattr(out, "keys") else out
+            return list(ids)
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def eos_ids(self) -> set[int]:
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if eos is None and self.tokenizer is not None:
+            eos = self.tokenizer.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+    # -- generation --------------------------------------------------------------------------------
+    def generate(self, input_ids: Any, max_new_tokens: int = 64, exit: int | str | None = None,
+                 draft_exit: int | str | None = None, early_exit: list[float] | dict | str | None = None,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                 backend: str = "surgeon", stop_at_eos: bool = True) -> GenerationResult:
+        """Generate up to ``max_new_tokens`` after ``input_ids`` (ids, a [1, n] tensor, or text).
+
+        One of: ``exit`` (a sub-model), ``draft_exit`` (self-speculative decoding, the full model's
+        output), ``early_exit`` (thresholds: a list for the manifest's prefix exits, or
+        ``{exit: threshold}``), or none (the full model). ``backend="hf"`` runs transformers'
+        ``generate`` instead (``assistant_early_exit=draft_exit`` for speculative), for comparison.
+        """
+        import torch
+
+        from .early_exit import early_exit_generate
+        from .sampling import Sampler
+        from .speculative import speculative_generate
+
+        if sum(x is not None for x in (exit, draft_exit, early_exit)) > 1:
+            raise UsageError("exit, draft_exit and early_exit are different decoding modes", "give at most one")
+        if max_new_tokens < 1:
+            raise UsageError(f"max_new_tokens {max_new_tokens} < 1", "ask for at least one token")
+        if do_sample and (temperature <= 0 or not 0 < top_p <= 1):
+            raise UsageError("sampling needs temperature > 0 and top_p in (0, 1]", "fix --temperature / --top-p")
+        text = None
+        if isinstance(input_ids, str):
+            text, input_ids = input_ids, self.encode(input_ids)
+        ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.model.device).reshape(1, -1)
+        if ids.shape[1] == 0:
+            raise UsageError("empty prompt", "give at least one token")
+        sampler = Sampler.make(do_sample, temperature, top_p, seed)
+        eos = self.eos_ids() if stop_at_eos else set()
+        if backend == "hf":
+            if exit is not None or early_exit is not None:
+                raise UsageError("backend hf runs the full model or --draft-exit only", "use the surgeon backend")
+            res = self._generate_hf(ids, max_new_tokens, draft_exit, do_sample, temperature, top_p, seed)
+        elif backend != "surgeon":
+            raise UsageError(f"unknown backend {backend!r}", "give surgeon or hf")
+        elif draft_exit is not None:
+            k = prefix_depth(self.layers_of(draft_exit))
+            if k is None:
+                raise UsageError(f"draft exit {draft_exit!r} is not a prefix of layers",
+                                 "self-speculative decoding reuses the draft's KV cache, so it needs layers 0..K-1")
+            if k >= self.num_layers:
+                raise UsageError(f"draft exit {draft_exit!r} is the full model", f"give K < {self.num_layers}")
+            res = speculative_generate(self.stack, ids, max_new_tokens, k, sampler, eos)
+        elif early_exit is not None:
+            plan = early_exit_plan(early_exit, self.num_layers, self.exits)
+            res = early_exit_generate(self.stack, ids, max_new_tokens, plan, sampler, eos)
+        else:
+            res = decode(self.stack, ids, self.layers_of(exit), max_new_tokens, sampler, eos)
+        if self.tokenizer is not None:
+            res.text = self.tokenizer.decode(res.tokens, skip_special_tokens=True)
+        log.debug("generated %d tokens (%s) from %s", len(res.tokens), res.mode, text[:40] if text else "ids")
+        return res
+
+    def _generate_hf(self, ids, max_new_tokens, draft_exit, do_sample, temperature, top_p, seed) -> GenerationResult:
+        import torch
+
+        kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                  attention_mask=torch.ones_like(ids))
+        if do_sample:
+            kw.update(temperature=temperature, top_p=top_p)
+            torch.manual_seed(0 if seed is None else seed)
+        k = None
+        if draft_exit is not None:
+            k = prefix_depth(self.layers_of(draft_exit))
+            if k is None or k >= self.num_layers:
+                raise UsageError(f"draft exit {draft_exit!r} must be a prefix K < {self.num_layers}", "give a layer count")
+            kw["assistant_early_exit"] = k
+        if self.model.generation_config.pad_token_id is None:
+            kw["pad_token_id"] = next(iter(self.eos_ids()), 0)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = self.model.generate(ids, **kw)
+        sec = time.perf_counter() - t0
+        return GenerationResult(out[0, ids.shape[1]:].tolist(), ids.shape[1], "hf-assisted" if k else "hf",
+                                self.num_layers, sec, draft_exit=k)
+
+
+def decode(stack, ids, layers: tuple[int, ...], max_new_tokens: int, sampler, eos: set[int]) -> GenerationResult:
+    """Plain incremental decoding with one exit (all layers = the stock model's forward), KV cache on."""
+    import torch
+
+    from .stack import SharedCache
+
+    t0 = time.perf_counter()
+    cache = SharedCache()
+    n = ids.shape[1]
+    logits = stack.forward(ids, torch.arange(n).unsqueeze(0), cache, layers, logits_to_keep=1).logits
+    prefill = time.perf_counter() - t0
+    out: list[int] = []
+    while True:
+        x = sampler.pick(logits[0, -1])
+        out.append(x)
+        if x in eos or len(out) >= max_new_tokens:
+            break
+        logits = stack.forward(torch.tensor([[x]]), torch.tensor([[n]]), cache, layers, logits_to_keep=1).logits
+        n += 1
+    mode = "full" if len(layers) == stack.num_layers else "exit"
+    return GenerationResult(out, ids.shape[1], mode, len(layers), time.perf_counter() - t0, prefill)

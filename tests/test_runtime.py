@@ -1,0 +1,237 @@
+"""The reference runtime: exits share one model; speculative and early-exit decoding are exact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from surgeon.errors import DataError, UsageError
+from surgeon.runtime import SortedModel
+from tests.conftest import run_cli
+
+PROMPT = "the river model layer prune of the"
+N = 32  # new tokens: prompt + N exceeds the tiny sliding windows (16, 32)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_models):
+    cache: dict[str, SortedModel] = {}
+
+    def get(family: str) -> SortedModel:
+        if family not in cache:
+            cache[family] = SortedModel.from_pretrained(tiny_models[family])
+        return cache[family]
+
+    return get
+
+
+def _hf_greedy(sm: SortedModel, ids: list[int], n: int) -> list[int]:
+    """Ground truth: transformers' own greedy generate on the stock model (EOS disabled)."""
+    t = torch.tensor([ids])
+    out = sm.model.generate(t, attention_mask=torch.ones_like(t), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                            pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+def test_full_decode_equals_transformers_generate(family_model, loaded):
+    family, _ = family_model
+    sm = loaded(family)
+    ids = sm.encode(PROMPT)
+    assert sm.generate(ids, N, stop_at_eos=False).tokens == _hf_greedy(sm, ids, N)
+
+
+@pytest.mark.parametrize("draft", [1, 4])
+def test_speculative_greedy_equals_full_greedy(family_model, loaded, draft):
+    family, _ = family_model
+    sm = loaded(family)
+    ids = sm.encode(PROMPT)
+    full = sm.generate(ids, N, stop_at_eos=False)
+    spec = sm.generate(ids, N, draft_exit=draft, stop_at_eos=False)
+    assert spec.mode == "speculative" and spec.draft_exit == draft
+    assert spec.tokens == full.tokens
+    assert spec.drafted >= spec.accepted >= 0 and spec.verify_steps > 0
+
+
+def test_speculative_rolls_back_past_the_sliding_window(loaded):
+    """Gemma 3 (sliding + full layers): drafts are both accepted and rejected, the sequence outgrows the
+    window (16), and the output still equals full greedy, so the crop after rejections is right."""
+    sm = loaded("gemma3_text")
+    ids = sm.encode(PROMPT)
+    full = sm.generate(ids, 60, stop_at_eos=False)
+    spec = sm.generate(ids, 60, draft_exit=5, stop_at_eos=False)
+    assert spec.tokens == full.tokens
+    assert 0 < spec.accepted < spec.drafted
+    assert len(ids) + 60 > 2 * sm.model.config.sliding_window
+
+
+def test_speculative_sampling_low_temperature_is_greedy_and_seeded(loaded):
+    sm = loaded("llama")
+    ids = sm.encode(PROMPT)
+    full = sm.generate(ids, N, stop_at_eos=False)
+    cold = sm.generate(ids, N, draft_exit=3, do_sample=True, temperature=1e-4, seed=1, stop_at_eos=False)
+    assert cold.tokens == full.tokens  # one-hot p and q: accept iff equal, else resample = the target
+    a = sm.generate(ids, N, draft_exit=3, do_sample=True, temperature=1.0, top_p=0.9, seed=7, stop_at_eos=False)
+    b = sm.generate(ids, N, draft_exit=3, do_sample=True, temperature=1.0, top_p=0.9, seed=7, stop_at_eos=False)
+    assert a.tokens == b.tokens and len(a.tokens) == N
+    assert all(0 <= t < sm.model.config.vocab_size for t in a.tokens)
+
+
+def test_early_exit_thresholds_one_equal_full(family_model, loaded):
+    family, _ = family_model
+    sm = loaded(family)
+    ids = sm.encode(PROMPT)
+    full = sm.generate(ids, N, stop_at_eos=False)
+    ee = sm.generate(ids, N, early_exit={2: 1.0, 4: 1.0}, stop_at_eos=False)
+    assert ee.tokens == full.tokens
+    assert ee.exit_counts == {2: 0, 4: 0, 6: N}
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_early_exit_tokens_are_exact_exit_predictions(loaded, family):
+    """With mixed exits, every token must be the argmax of the exit it left at, computed from scratch on the
+    final sequence (so the lazily caught-up K/V of skipped layers are the full model's), and the confidence
+    rule must hold at every exit it passed."""
+    sm = loaded(family)
+    ids = sm.encode(PROMPT)
+    full = sm.generate(ids, N, stop_at_eos=False).tokens
+    seq = torch.tensor([ids + full])
+    conf = {k: torch.softmax(sm.exit_logits(seq, k)[0].float(), -1).max(-1).values for k in (2, 4)}
+    plan = {k: float(conf[k][len(ids):].median()) for k in (2, 4)}  # about half the tokens pass each exit
+    ee = sm.generate(ids, N, early_exit=plan, stop_at_eos=False)
+    assert len(set(ee.exit_depths)) >= 2 and ee.catchup_positions > 0
+    out = torch.tensor([ids + ee.tokens])
+    logits = {k: sm.exit_logits(out, k)[0] for k in (2, 4, 6)}
+    for i, (tok, depth) in enumerate(zip(ee.tokens, ee.exit_depths)):
+        row = len(ids) + i - 1
+        assert int(logits[depth][row].argmax()) == tok, (i, depth)
+        for k in (2, 4):
+            p = float(torch.softmax(logits[k][row].float(), -1).max())
+            if i and k < depth:
+                assert p < plan[k] + 1e-5, (i, k)
+            if i and k == depth:
+                assert p >= plan[k] - 1e-5, (i, k)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "qwen2"])
+def test_exit_generation_equals_extracted_model(tiny_models, loaded, tmp_path, family):
+    from surgeon.extract import ExtractOptions, extract
+
+    out = tmp_path / "k3"
+    extract(ExtractOptions(model=tiny_models[family], output=out, depth=3))
+    sm = loaded(family)
+    ids = sm.encode(PROMPT)
+    small = SortedModel.from_pretrained(out)
+    r = sm.generate(ids, N, exit=3, stop_at_eos=False)
+    assert r.mode == "exit" and r.exit_layers == 3
+    assert r.tokens == _hf_greedy(small, ids, N)
+    t = torch.tensor([ids])
+    assert torch.allclose(sm.exit_logits(t, 3), small.model(t).logits, atol=1e-5)
+
+
+def _with_manifest(src, dst, exits):
+    shutil.copytree(src, dst)
+    (dst / "sorted_manifest.json").write_text(json.dumps({"format_version": 1, "exits": exits}))
+    return dst
+
+
+def test_manifest_exit_names(tiny_models, tmp_path):
+    from surgeon.extract import ExtractOptions, extract
+
+    path = _with_manifest(tiny_models["llama"], tmp_path / "m", [
+        {"name": "e3", "layers": [0, 1, 2]}, {"name": "skip", "layers": [0, 1, 4, 5]},
+        {"name": "narrow", "layers": [0, 1], "widths": {"ffn": 64}}, {"name": "bad", "layers": [3, 1]}, "junk",
+        {"name": "full", "layers": list(range(6))}])
+    sm = SortedModel.from_pretrained(path)
+    assert sm.exits == {"e3": (0, 1, 2), "skip": (0, 1, 4, 5), "full": tuple(range(6))}
+    ids = sm.encode(PROMPT)
+    assert sm.generate(ids, 12, exit="e3", stop_at_eos=False).tokens == sm.generate(ids, 12, exit=3,
+                                                                                    stop_at_eos=False).tokens
+    # a non-prefix exit runs its layers in order: same logits as the extracted model
+    extract(ExtractOptions(model=tiny_models["llama"], output=tmp_path / "skip", layers="0,1,4,5"))
+    t = torch.tensor([ids])
+    ref = SortedModel.from_pretrained(tmp_path / "skip").model(t).logits
+    assert torch.allclose(sm.exit_logits(t, "skip"), ref, atol=1e-5)
+    with pytest.raises(UsageError, match="prefix"):
+        sm.generate(ids, 4, draft_exit="skip")
+    with pytest.raises(UsageError, match="unknown exit"):
+        sm.generate(ids, 4, exit="narrow")
+    # a list of thresholds maps onto the manifest's intermediate prefix exits (here: e3)
+    ee = sm.generate(ids, 8, early_exit=[1.0], stop_at_eos=False)
+    assert set(ee.exit_counts) == {3, 6}
+    with pytest.raises(UsageError, match="thresholds"):
+        sm.generate(ids, 4, early_exit=[0.9, 0.9])
+
+
+def test_as_exit_swaps_and_restores(loaded):
+    sm = loaded("qwen2")
+    t = torch.tensor([sm.encode(PROMPT)])
+    full = sm.model(t).logits
+    with sm.as_exit(2) as model:
+        assert torch.equal(model(t).logits, sm.exit_logits(t, 2))
+    assert torch.equal(sm.model(t).logits, full)
+
+
+def test_hf_assistant_early_exit_backend(loaded):
+    sm = loaded("llama")
+    ids = sm.encode(PROMPT)
+    r = sm.generate(ids, 16, draft_exit=3, backend="hf")
+    assert r.mode == "hf-assisted" and r.draft_exit == 3
+    assert r.tokens == sm.generate(ids, 16).tokens
+
+
+def test_bad_modes(loaded):
+    sm = loaded("llama")
+    with pytest.raises(UsageError):
+        sm.generate("the", 4, exit=2, draft_exit=3)
+    with pytest.raises(UsageError, match="outside"):
+        sm.generate("the", 4, exit=7)
+    with pytest.raises(UsageError, match="full model"):
+        sm.generate("the", 4, draft_exit=6)
+    with pytest.raises(UsageError, match="not a probability"):
+        sm.generate("the", 4, early_exit={2: 1.5})
+
+
+def test_harness_without_lm_eval_is_a_clear_data_error(tiny_models):
+    try:
+        import lm_eval  # noqa: F401
+
+        pytest.skip("lm_eval is installed here")
+    except ImportError:
+        pass
+    from surgeon.runtime.harness import run_tasks
+
+    with pytest.raises(DataError, match="lm-evaluation-harness"):
+        run_tasks(tiny_models["llama"], [None, 3], ["hellaswag"], limit=2)
+    with pytest.raises(UsageError):
+        run_tasks(tiny_models["llama"], [None], [])
+
+
+def test_cli_generate(tiny_models):
+    p = tiny_models["llama"]
+    r = run_cli("generate", p, "--prompt", PROMPT, "--max-new-tokens", "10", "--draft-exit", "3", "--compare", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["result"]["mode"] == "speculative" and d["matches_baseline"] is True
+    assert d["result"]["tokens"] == d["baseline"]["tokens"] and d["result"]["new_tokens"] <= 10
+    r = run_cli("generate", p, "--prompt", PROMPT, "--max-new-tokens", "4", "--early-exit", "2:0.9,4:0.9")
+    assert r.exit_code == 0 and "early-exit" in r.stdout and "tokens/s" in r.stdout
+    r = run_cli("generate", p, "--prompt", PROMPT, "--exit", "9")
+    assert r.exit_code == 2 and r.stderr.startswith("error:")
+    r = run_cli("generate", p, "--prompt", PROMPT, "--early-exit", "x")
+    assert r.exit_code == 2 and "thresholds" in r.stderr
+
+
+@pytest.mark.slow
+def test_smollm2_speculative_and_early_exit_equal_full(smollm2):
+    sm = SortedModel.from_pretrained(smollm2)
+    ids = sm.encode("Explain why the sky is blue in two sentences.", chat=True)
+    full = sm.generate(ids, 48)
+    assert full.tokens == _hf_greedy(sm, ids, len(full.tokens))
+    for k in (10, 20, 26):
+        spec = sm.generate(ids, 48, draft_exit=k)
+        assert spec.tokens == full.tokens, k
+        assert spec.drafted > 0
+    assert sm.generate(ids, 48, early_exit={10: 1.0, 20: 1.0}).tokens == full.tokens
