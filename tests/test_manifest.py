@@ -79,6 +79,33 @@ def test_sharded_output_carries_the_copy_in_the_index(tiny_sharded, tmp_path):
     assert len(ref.read_manifest(str(out))["weights"]["files"]) == len(Checkpoint.open(out).files)
 
 
+def test_execute_degrades_gracefully(tiny_models, tmp_path, monkeypatch, caplog):
+    """A checkpoint v1 cannot describe still gets written (warning, no manifest); a model that cannot
+    run still gets a manifest, without verification records."""
+    import surgeon.manifest.build as build
+    import surgeon.manifest.measure as measure
+
+    def no_run(*a, **k):
+        raise RuntimeError("cannot run this model")
+
+    monkeypatch.setattr(measure, "verification_record", no_run)
+    execute(plan_extract_depth(Checkpoint.open(tiny_models["llama"]), 3), tmp_path / "a")
+    m, _ = read_manifest(tmp_path / "a")
+    assert "verification" not in m["exits"][0] and check_checkpoint(tmp_path / "a").exits[0].num_layers == 3
+
+    def non_uniform(*a, **k):
+        raise ManifestError("layer 2 does not hold the same tensors as layer 0")
+
+    monkeypatch.setattr(build, "tensor_inventory", non_uniform)
+    execute(plan_extract_depth(Checkpoint.open(tiny_models["llama"]), 3), tmp_path / "b")
+    assert (tmp_path / "b" / "model.safetensors").is_file() and read_manifest(tmp_path / "b") is None
+    assert "no sorted manifest written" in caplog.text
+    from surgeon.manifest.command import stamp
+
+    with pytest.raises(ManifestError):  # `surgeon manifest` itself is strict
+        stamp(tmp_path / "b")
+
+
 # ------------------------------------------------------------------ costs
 def test_costs_match_the_loaded_model(sorted_llama):
     m, _ = read_manifest(sorted_llama)

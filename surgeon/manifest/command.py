@@ -20,7 +20,7 @@ from ..io.checkpoint import Checkpoint
 from ..options import opt
 from .build import build_manifest, normalize_exits
 from .check import ValidationReport, check_checkpoint
-from .model import MANIFEST_FILE
+from .model import MANIFEST_FILE, ManifestError
 from .store import read_sidecar, write_manifest
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,22 @@ VERIFY_MAX_PARAMETERS = 500_000_000
 
 
 def stamp(folder: str | Path, exits: list[dict] | None = None, provenance: list[dict] | None = None,
-          verify: bool | None = None) -> dict:
-    """Build, verify and write the manifest of the checkpoint in ``folder``; returns the manifest."""
+          verify: bool | None = None, strict: bool = True) -> dict | None:
+    """Build, verify and write the manifest of the checkpoint in ``folder``; returns the manifest.
+
+    ``strict=False`` (what ``surgery.execute`` uses) turns a checkpoint that format version 1 cannot
+    describe (e.g. non-uniform layers) into a warning and no manifest, and a model transformers
+    cannot run into a manifest without verification records, instead of failing the whole output.
+    """
     ckpt = Checkpoint.open(folder)
     exits = normalize_exits(ckpt, exits)
+    try:
+        build_manifest(ckpt, exits, provenance)  # structure first: fail before any model is loaded
+    except ManifestError as e:
+        if strict:
+            raise
+        log.warning("no sorted manifest written for %s: %s", folder, e)
+        return None
     if verify is None:
         verify = ckpt.num_parameters <= VERIFY_MAX_PARAMETERS
     records = {}
@@ -42,7 +54,13 @@ def stamp(folder: str | Path, exits: list[dict] | None = None, provenance: list[
         from .measure import verification_record
 
         vocab = ckpt.text_config["vocab_size"]
-        records = {e["name"]: verification_record(folder, e, vocab) for e in exits}
+        try:
+            records = {e["name"]: verification_record(folder, e, vocab) for e in exits}
+        except Exception as e:  # noqa: BLE001 - only with strict=False; the manifest is still valid without
+            if strict:
+                raise
+            log.warning("sorted manifest of %s written without verification records: %s", folder, e)
+            records = {}
     return write_manifest(folder, build_manifest(ckpt, exits, provenance, records))
 
 
