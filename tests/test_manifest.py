@@ -217,8 +217,14 @@ def test_manifest_command_measures_quality_against_heldout_loss(tiny_models, tmp
 def test_manifest_in_place_and_stale_detection(tiny_models, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_models["llama"], model)
-    res = run_cli("manifest", model, "--in-place", "--exits", "3")
+    res = run_cli("manifest", model, "--in-place", "--exits", "3", "--eval-data", "builtin:sotu", "--samples", "2",
+                  "--seq-len", "16")
     assert res.exit_code == 0, res.stderr
+    before, _ = read_manifest(model)
+    assert run_cli("manifest", model, "--in-place").exit_code == 0  # rewrite: exits and quality kept
+    after, _ = read_manifest(model)
+    assert [e["quality"] for e in after["exits"]] == [e["quality"] for e in before["exits"]]
+    assert len(after["exits"][0]["quality"]) == 4
     report = check_checkpoint(model, verify=True)  # save_pretrained left no header room: sidecar only
     assert report.header_copy == "absent" and any("no header copy" in w for w in report.warnings)
     assert [e.name for e in report.exits] == ["depth-3", "full"]

@@ -141,7 +141,9 @@ def write_manifest_for(opts: ManifestOptions, progress=None) -> ManifestResult:
     if exits is None:
         old = read_sidecar(ckpt.path)
         if isinstance(old, dict) and isinstance(old.get("exits"), list):
-            exits = [{k: e[k] for k in ("name", "layers", "widths") if k in e} for e in old["exits"]]
+            # keep the recorded quality unless it is measured again
+            keys = ("name", "layers", "widths") if opts.eval_data else ("name", "layers", "widths", "quality")
+            exits = [{k: e[k] for k in keys if k in e} for e in old["exits"] if isinstance(e, dict)]
     exits = normalize_exits(ckpt, exits)
     described: dict = {}
     if opts.eval_data:

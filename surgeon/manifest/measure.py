@@ -110,7 +110,7 @@ def measure_quality(
 
         raise DataError("no evaluation sequences", "give more or longer --eval-data")
     seq_len = max(len(s) for s in seqs)
-    full = load(path, dtype=dtype)
+    full = load(path, exits[-1], dtype=dtype)
     full_name = exits[-1]["name"]
     wdtype = str(next(full.parameters()).dtype).replace("torch.", "")
     out: dict[str, list[dict]] = {}
