@@ -25,6 +25,7 @@ PROMPT_LEN = 16
 TOP_K = 5
 # Runtimes whose kernels differ compare argmax and top-5 values within this tolerance instead.
 ATOL = 0.05
+CHUNK = 64  # positions per float32 log-softmax slice when measuring quality
 
 
 def prompt_ids(vocab_size: int, n: int = PROMPT_LEN) -> list[int]:
@@ -124,14 +125,17 @@ def measure_quality(
                 batch = seqs[b:b + batch_size]
                 width = min(len(s) for s in batch)
                 ids = torch.tensor([s[:width] for s in batch])
-                lx = model(ids, use_cache=False).logits[:, :-1].float()
-                lf = lx if is_full else full(ids, use_cache=False).logits[:, :-1].float()
-                tgt = ids[:, 1:]
-                lpx, lpf = F.log_softmax(lx, -1), F.log_softmax(lf, -1)
-                ce += float(F.nll_loss(lpx.reshape(-1, lpx.shape[-1]), tgt.reshape(-1), reduction="sum"))
-                kl += float((lpf.exp() * (lpf - lpx)).sum())
-                agree += float((lx.argmax(-1) == lf.argmax(-1)).sum())
-                count += tgt.numel()
+                out_x = model(ids, use_cache=False).logits
+                out_f = out_x if is_full else full(ids, use_cache=False).logits
+                for s in range(0, width - 1, CHUNK):  # float32 temporaries for one chunk of positions
+                    e_ = min(s + CHUNK, width - 1)
+                    lx, lf, tgt = out_x[:, s:e_].float(), out_f[:, s:e_].float(), ids[:, s + 1:e_ + 1]
+                    lpx, lpf = F.log_softmax(lx, -1), F.log_softmax(lf, -1)
+                    ce += float(F.nll_loss(lpx.reshape(-1, lpx.shape[-1]), tgt.reshape(-1), reduction="sum"))
+                    kl += float((lpf.exp() * (lpf - lpx)).sum())
+                    agree += float((lx.argmax(-1) == lf.argmax(-1)).sum())
+                    count += tgt.numel()
+                del out_x, out_f
         if not is_full:
             del model
         loss = ce / count
