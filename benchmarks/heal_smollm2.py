@@ -2,8 +2,8 @@
 
     SURGEON_CACHE=/tmp/scache python benchmarks/heal_smollm2.py [--steps 100] [--variants nf4,none]
 
-Prunes the real SmolLM2-135M-Instruct (30 layers) with ``--n 6`` (``--start 23``: the deepest
-block that keeps the final layer, the paper's sec. 4.4 heuristic), then heals it on
+Prunes the real SmolLM2-135M-Instruct (30 layers) with ``--n 6`` at l*(6) from the similarity
+analysis (32 x 128 tokens of the same text; ``--start`` overrides), then heals it on
 ``builtin:sotu`` (State of the Union prose; every 20th passage held out) for 100 steps of
 4 x 256 tokens, rank 8, peak LR 3e-4, once per variant:
 ``nf4`` (QLoRA, the default), ``none`` (LoRA on float weights), ``none+logits`` /
@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--eval-samples", type=int, default=48)
     ap.add_argument("--n", type=int, default=6)
-    ap.add_argument("--start", type=int, default=23)
+    ap.add_argument("--start", type=int, default=None, help="default: l*(n) by surgeon's similarity analysis")
     ap.add_argument("--variants", default="nf4,none")
     ap.add_argument("--data", default="builtin:sotu")
     args = ap.parse_args()
@@ -51,7 +51,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="heal-bench-"))
     try:
         pruned = work / "pruned"
-        prune(PruneOptions(model=model, output=pruned, n=args.n, start=args.start))
+        pr = prune(PruneOptions(model=model, output=pruned, n=args.n, start=args.start, strategy="similarity",
+                                data=args.data, samples=32, seq_len=128))
         # the unpruned model's held-out loss on the same blocks (context for the numbers)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -85,7 +86,8 @@ def main() -> None:
                 rec["after_minus_none_after"] = rec["after"] - base["after"]
         path = write_result("heal_smollm2", {
             "command": " ".join(sys.argv), "model": "SmolLM2-135M-Instruct (30 layers, fp32)",
-            "prune": {"n": args.n, "start": args.start}, "data": args.data,
+            "prune": {"n": args.n, "start": pr.block.start, "strategy": pr.block.strategy,
+                      "angular_distance": pr.block.distance}, "data": args.data,
             "steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len, "rank": 8, "lr": 3e-4,
             "torch_threads": torch.get_num_threads(), "unpruned_loss": unpruned, "runs": runs,
         })

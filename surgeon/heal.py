@@ -177,7 +177,6 @@ def _examples(spec: str, tok, seq_len: int, role: str, limit: int, seed: int, sh
 
 def heal(opts: HealOptions, progress: HealProgress | None = None) -> HealResult:
     """Heal ``opts.model`` and write the merged checkpoint to ``opts.output`` (see module doc)."""
-    from accelerate import PartialState
     from transformers import AutoTokenizer
 
     from .data import parse_data_spec
@@ -185,9 +184,9 @@ def heal(opts: HealOptions, progress: HealProgress | None = None) -> HealResult:
     from .io.atomic import check_output
     from .merge import apply_in_memory, save_adapter, save_merged
     from .train import load_trainable, seed_everything, train
-    from .train.model import checkpoint_family
+    from .train.model import checkpoint_family, distributed_state
 
-    state = PartialState()
+    state = distributed_state()
     main = state.is_main_process
     family = checkpoint_family(opts.model)
     setup, cfg = opts.model_setup(), opts.train_config()

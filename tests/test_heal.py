@@ -313,18 +313,24 @@ def test_prune_heal_with_distillation(tiny_models, text_file, tmp_path, mode):
 
 # ------------------------------------------------------------------ slow
 @pytest.mark.slow
-def test_accelerate_launch_two_cpu_processes(tiny_models, text_file, tmp_path):
+@pytest.mark.parametrize("mode, processes", [("--cpu", 1), ("--multi_gpu", 2)])
+def test_accelerate_launch(tiny_models, text_file, tmp_path, mode, processes):
+    """accelerate 1.x runs `launch --cpu --num_processes 2` as ONE process (the simple launcher;
+    mpirun only with --mpirun_hostfile); `launch --multi_gpu` on a CPU-only machine starts two
+    torchrun ranks, which surgeon joins as gloo DDP. Both must work without code changes."""
     out = tmp_path / "ddp"
     accelerate = Path(sys.executable).parent / "accelerate"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    p = subprocess.run([str(accelerate), "launch", "--cpu", "--num_processes", "2", "-m", "surgeon", "heal",
+    p = subprocess.run([str(accelerate), "launch", mode, "--num_processes", "2", "--main_process_port", "29517",
+                        "-m", "surgeon", "heal",
                         str(tiny_models["llama"]), "--data", str(text_file), "-o", str(out), "--steps", "4",
-                        "--seq-len", str(SEQ), "--quant", "none", "--warmup", "1", "--eval-samples", "4", "--json"],
+                        "--seq-len", str(SEQ), "--warmup", "1", "--eval-samples", "4", "--json"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     heal = json.loads((out / "surgeon_provenance.json").read_text())["operations"][-1]["heal"]
-    assert heal["processes"] == 2
-    assert heal["train_tokens"] == 4 * 4 * 2 * SEQ  # steps x batch x processes x seq
+    assert heal["processes"] == processes
+    assert heal["train_tokens"] == 4 * 4 * processes * SEQ  # steps x batch x processes x seq
+    assert json.loads(p.stdout)["after"]["loss"] == pytest.approx(heal["loss_after"])
     shutil.rmtree(out)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..errors import DataError, UsageError
 from .config import TrainConfig
-from .model import load_trainable_state, trainable_state, unwrap
+from .model import load_trainable_state, trainable_state, unwrap, use_cpu_processes
 from .schedule import effective_warmup, lr_factor, set_lr
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ def train(
     examples = examples if isinstance(examples, Sequence) else list(examples)
     loss_fn = loss_fn or causal_lm_loss
     collate_fn = collate_fn or collate
-    acc = Accelerator()
+    acc = Accelerator(cpu=use_cpu_processes())
     world = acc.num_processes
     if len(examples) < cfg.batch_size * world:
         raise DataError(

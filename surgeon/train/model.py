@@ -31,11 +31,26 @@ def checkpoint_family(path: str | Path) -> Family:
     return resolve_family(ckpt.text_config, ckpt.tensors)
 
 
-def default_device():
-    """This process's device: the accelerator's under ``accelerate launch``, else cuda:0 or CPU."""
+def use_cpu_processes() -> bool:
+    """True when several processes were launched (``WORLD_SIZE`` > 1) on a machine without CUDA:
+    accelerate then needs ``cpu=True`` to set up gloo DDP instead of running each process alone."""
+    import os
+
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def distributed_state():
+    """accelerate's ``PartialState`` for this process (one CPU, one GPU, or one DDP rank)."""
     from accelerate import PartialState
 
-    return PartialState().device
+    return PartialState(cpu=use_cpu_processes())
+
+
+def default_device():
+    """This process's device: the accelerator's under ``accelerate launch``, else cuda:0 or CPU."""
+    return distributed_state().device
 
 
 def linear_module_names(model) -> list[str]:
