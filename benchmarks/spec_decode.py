@@ -4,8 +4,10 @@
     .venv/bin/python benchmarks/spec_decode.py --model sorted-smollm2/ --name spec_decode_soft
 
 For each mode, every prompt is generated (greedy, chat template) and tokens/s = new tokens / wall time
-summed over prompts, prefill included. Modes run interleaved, round after round, and each round's
-ratios are taken against the full-greedy run of the same round; the JSON reports the per-round medians.
+summed over prompts, prefill included; tokens per CPU-second (process time) is reported beside it
+because the machine may be shared (CPU time is less sensitive to other processes). Modes run
+interleaved per prompt, round after round; each round's ratios are taken against the full-greedy runs
+of the same round, and the JSON reports the per-round medians.
 Speculative output is compared token for token with full greedy (it must be identical); early exit
 reports its agreement with full greedy (it is an approximation) and the tokens emitted per exit.
 transformers' own greedy ``generate`` and its ``assistant_early_exit`` (layer-skip assisted decoding,
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"))
     ap.add_argument("--no-hf", action="store_true", help="skip transformers' generate references")
     ap.add_argument("--name", default="spec_decode", help="results file name")
+    ap.add_argument("--no-project", dest="project", action="store_false",
+                    help="skip the step timings and the projected speed-up at given acceptance rates")
     args = ap.parse_args(argv)
 
     import torch
@@ -76,14 +80,21 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()
     rounds: list[dict[str, dict]] = []
     for _ in range(args.rounds):
-        rnd: dict[str, dict] = {}
-        for name, kw in modes.items():
-            results = [sm.generate(p, n, **kw) for p in prompts]
-            toks = sum(r.new_tokens for r in results)
-            sec = sum(r.seconds for r in results)
-            rnd[name] = {"tokens": toks, "seconds": sec, "tokens_per_s": toks / sec,
-                         "outputs": [r.tokens for r in results], "results": results}
-            print(f"{name:32s} {toks / sec:7.2f} tokens/s", file=sys.stderr)
+        rnd = {name: {"tokens": 0, "seconds": 0.0, "cpu_seconds": 0.0, "outputs": [], "results": []} for name in modes}
+        for p in prompts:  # modes interleaved per prompt: neighbours in time share the machine's load
+            for name, kw in modes.items():
+                c0 = time.process_time()
+                r = sm.generate(p, n, **kw)
+                e = rnd[name]
+                e["cpu_seconds"] += time.process_time() - c0
+                e["tokens"] += r.new_tokens
+                e["seconds"] += r.seconds
+                e["outputs"].append(r.tokens)
+                e["results"].append(r)
+        for name, e in rnd.items():
+            e["tokens_per_s"] = e["tokens"] / e["seconds"]
+            e["tokens_per_cpu_s"] = e["tokens"] / e["cpu_seconds"]
+            print(f"{name:32s} {e['tokens_per_s']:7.2f} tokens/s {e['tokens_per_cpu_s']:7.2f} tokens/CPU-s", file=sys.stderr)
         rounds.append(rnd)
     load_after = os.getloadavg()
 
@@ -94,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
                  "tokens_per_s": statistics.median(p["tokens_per_s"] for p in per),
                  "speedup_vs_full": statistics.median(p["tokens_per_s"] / r["full"]["tokens_per_s"]
                                                       for p, r in zip(per, rounds)),
+                 "tokens_per_cpu_s": statistics.median(p["tokens_per_cpu_s"] for p in per),
+                 "cpu_speedup_vs_full": statistics.median(p["tokens_per_cpu_s"] / r["full"]["tokens_per_cpu_s"]
+                                                          for p, r in zip(per, rounds)),
                  "tokens": per[0]["tokens"],
                  "identical_to_full": all(p["outputs"] == r["full"]["outputs"] for p, r in zip(per, rounds))}
         res = per[0]["results"]
@@ -113,17 +127,80 @@ def main(argv: list[str] | None = None) -> None:
                          token_agreement_with_full=same / max(1, sum(len(f) for f in full_out)),
                          mean_exit_depth=sum(int(d) * c for d, c in counts.items()) / max(1, sum(counts.values())))
         out_modes[name] = entry
+    projection = _projection(sm, prompts[0], drafts) if args.project else None
     best = max((m for m in out_modes if m.startswith("speculative")), key=lambda m: out_modes[m]["speedup_vs_full"],
                default=None)
     path = write_result(args.name, {
         "model": str(args.model), "num_layers": sm.num_layers, "dtype": str(sm.model.dtype),
         "torch_threads": torch.get_num_threads(), "prompts": len(prompts), "max_new_tokens": n,
         "rounds": args.rounds, "load_average_before": load_before, "load_average_after": load_after,
-        "modes": out_modes, "best_speculative": best,
+        "modes": out_modes, "best_speculative": best, "projection": projection,
         "command": " ".join(["benchmarks/spec_decode.py", *(argv if argv is not None else sys.argv[1:])]),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     print(path)
+
+
+def _median_time(fn, reps: int = 9) -> float:
+    """Median CPU time (process time: robust on a shared machine) of `reps` calls."""
+    ts = []
+    for _ in range(reps):
+        t = time.process_time()
+        fn()
+        ts.append(time.process_time() - t)
+    return statistics.median(ts)
+
+
+def _verify(st, ids_v, pos, cache, k: int, L: int, hidden, n: int):
+    def run():
+        st.forward(ids_v, pos, cache, tuple(range(k, L)), start=k, start_hidden=hidden)
+        cache.truncate(n)
+    return run
+
+
+def _projection(sm, ids: list[int], drafts: list[int], gamma: int = 4) -> dict:
+    """Measured step times -> the speed-up speculative decoding would reach at a given acceptance rate.
+
+    Per cycle with draft length g: g draft steps (K layers + head, one token), one K-layer step without
+    head (the last draft), one verify pass (layers K..L-1 over g+1 positions + head). With i.i.d.
+    acceptance a, a cycle yields (1 - a^(g+1)) / (1 - a) tokens (Leviathan et al. 2023, eq. 1). A
+    projection from timings, not a generation: it says what a SoFT-trained model's acceptance would buy.
+    """
+    import torch
+
+    from surgeon.runtime.stack import SharedCache
+
+    st, L = sm.stack, sm.num_layers
+    n = len(ids)
+    t = torch.tensor([ids])
+
+    def prefilled():
+        c = SharedCache()
+        st.forward(t, torch.arange(n).unsqueeze(0), c, tuple(range(L)), logits_to_keep=1)
+        return c
+
+    def one(cache, layers, **kw):
+        def run():
+            st.forward(torch.tensor([[ids[-1]]]), torch.tensor([[n]]), cache, layers, **kw)
+            cache.truncate(n)
+        return run
+
+    cache = prefilled()
+    t_full = _median_time(one(cache, tuple(range(L)), logits_to_keep=1))
+    out: dict = {"draft_length": gamma, "full_step_cpu_s": t_full, "exits": {}}
+    for k in drafts:
+        t_draft = _median_time(one(cache, tuple(range(k)), keep_hidden=True, logits_to_keep=1))
+        t_nohead = _median_time(one(cache, tuple(range(k)), head=False, keep_hidden=True))
+        h = torch.zeros(1, gamma + 1, sm.model.config.hidden_size, dtype=sm.model.dtype)
+        pos = torch.arange(n, n + gamma + 1).unsqueeze(0)
+        ids_v = torch.tensor([ids[-1:] * (gamma + 1)])
+        t_verify = _median_time(_verify(st, ids_v, pos, prefilled(), k, L, h, n))
+        cycle = gamma * t_draft + t_nohead + t_verify
+        out["exits"][str(k)] = {
+            "draft_step_cpu_s": t_draft, "draft_step_no_head_cpu_s": t_nohead, "verify_pass_cpu_s": t_verify,
+            "projected_speedup": {str(a): ((1 - a ** (gamma + 1)) / (1 - a)) * t_full / cycle
+                                  for a in (0.3, 0.5, 0.7, 0.8, 0.9)}}
+    return out
 
 
 if __name__ == "__main__":

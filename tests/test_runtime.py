@@ -152,8 +152,9 @@ def test_manifest_exit_names(tiny_models, tmp_path):
     # a non-prefix exit runs its layers in order: same logits as the extracted model
     extract(ExtractOptions(model=tiny_models["llama"], output=tmp_path / "skip", layers="0,1,4,5"))
     t = torch.tensor([ids])
-    ref = SortedModel.from_pretrained(tmp_path / "skip").model(t).logits
-    assert torch.allclose(sm.exit_logits(t, "skip"), ref, atol=1e-5)
+    skip = SortedModel.from_pretrained(tmp_path / "skip")
+    assert torch.allclose(sm.exit_logits(t, "skip"), skip.model(t).logits, atol=1e-5)
+    assert sm.generate(ids, 16, exit="skip", stop_at_eos=False).tokens == _hf_greedy(skip, ids, 16)
     with pytest.raises(UsageError, match="prefix"):
         sm.generate(ids, 4, draft_exit="skip")
     with pytest.raises(UsageError, match="unknown exit"):
@@ -163,6 +164,24 @@ def test_manifest_exit_names(tiny_models, tmp_path):
     assert set(ee.exit_counts) == {3, 6}
     with pytest.raises(UsageError, match="thresholds"):
         sm.generate(ids, 4, early_exit=[0.9, 0.9])
+
+
+def test_real_manifest_exits(tiny_models, tmp_path):
+    """Exits of a manifest written (and validated) by surgeon.manifest resolve by name; a list of
+    thresholds maps onto its intermediate prefix exits."""
+    from surgeon.manifest.build import exit_spec
+    from surgeon.manifest.command import stamp
+
+    path = tmp_path / "stamped"
+    shutil.copytree(tiny_models["qwen3"], path)
+    stamp(path, exits=[exit_spec(range(2)), exit_spec(range(4)), exit_spec(range(6))], verify=False)
+    sm = SortedModel.from_pretrained(path)
+    assert sm.exits == {"depth-2": (0, 1), "depth-4": (0, 1, 2, 3), "depth-6": tuple(range(6))}
+    ids = sm.encode(PROMPT)
+    full = sm.generate(ids, 16, stop_at_eos=False)
+    assert sm.generate(ids, 16, draft_exit="depth-4", stop_at_eos=False).tokens == full.tokens
+    ee = sm.generate(ids, 16, early_exit=[1.0, 1.0], stop_at_eos=False)
+    assert ee.tokens == full.tokens and set(ee.exit_counts) == {2, 4, 6}
 
 
 def test_as_exit_swaps_and_restores(loaded):

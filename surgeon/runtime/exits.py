@@ -1,9 +1,10 @@
 """Exits of a checkpoint: prefix layer counts K, or names read from ``sorted_manifest.json``.
 
-Any checkpoint has the prefix exits ``K`` = layers 0..K-1 + the shared final norm and LM head. When a
-sorted manifest sits beside the weights, its exits are also reachable by name; this reader is
-deliberately tolerant (it only needs ``exits[i].name`` and ``exits[i].layers``) so the runtime works
-with any manifest version; entries it cannot use are skipped with a warning.
+Any checkpoint has the prefix exits ``K`` = layers 0..K-1 + the shared final norm and LM head. When the
+checkpoint has a sorted manifest, its exits are also reachable by name. The manifest package's
+validated reader is tried first (sidecar or safetensors-header copy); a manifest it rejects is read
+tolerantly from the sidecar (only ``exits[i].name`` and ``exits[i].layers`` are needed), so the runtime
+works with any manifest version; entries it cannot use are skipped with a warning.
 """
 
 from __future__ import annotations
@@ -28,14 +29,23 @@ def read_manifest_exits(path: str | Path, num_layers: int) -> dict[str, tuple[in
     Exits with reduced widths are skipped (the shared full-width weights cannot serve them; extract
     them with ``surgeon extract --exit NAME``), as are entries without a valid layer list.
     """
-    f = Path(path) / MANIFEST_FILE
-    if not f.is_file():
-        return {}
-    try:
-        data = json.loads(f.read_text())
-    except (OSError, ValueError) as e:
-        log.warning("ignoring unreadable %s: %s", f, e)
-        return {}
+    data = None
+    try:  # the manifest package's validated reader (sidecar, else the safetensors header copy)
+        from ..manifest.store import read_manifest
+
+        found = read_manifest(path)
+        data = found[0] if found else None
+    except Exception as e:  # noqa: BLE001 - an invalid or newer manifest: fall back to the tolerant reader
+        log.info("manifest of %s did not validate (%s); reading its exits tolerantly", path, e)
+    if data is None:
+        f = Path(path) / MANIFEST_FILE
+        if not f.is_file():
+            return {}
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            log.warning("ignoring unreadable %s: %s", f, e)
+            return {}
     out: dict[str, tuple[int, ...]] = {}
     exits = data.get("exits") if isinstance(data, dict) else None
     for e in exits if isinstance(exits, list) else []:

@@ -178,6 +178,8 @@ class Stack:
         if not layers:
             raise ValueError("an exit needs at least one layer")
         full = start is None and not keep_hidden and len(layers) == self.num_layers
+        dev = self.model.device
+        input_ids, positions = input_ids.to(dev), positions.to(dev)
         cache.ref = start if start is not None else layers[0]
         kwargs = dict(input_ids=input_ids, position_ids=positions, past_key_values=cache, use_cache=True)
         if head:
