@@ -1,7 +1,7 @@
 """Time per step and peak memory of Sorted Fine-Tuning (8 exits) vs plain SFT, same model and batch.
 
     SURGEON_CACHE=/tmp/scache python benchmarks/soft_overhead.py [--model DIR] [--batch 2] [--seq 256]
-        [--steps 3] [--rounds 2] [--threads 1] [--device cpu|cuda]
+        [--steps 3] [--rounds 2] [--threads 1] [--device cpu|cuda] [--cases ...] [--name soft_overhead]
 
 Each case runs in its own fresh process: load the model for full fine-tuning (fp32), build one
 AdamW optimizer, run one warm-up step, then ``--steps`` timed steps (forward, backward, optimizer
@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--name", default="soft_overhead", help="result file benchmarks/results/NAME.json")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.model is None:
@@ -182,7 +183,7 @@ def main() -> None:
         if key in ratios:
             targets[f"{key}_time_ok"] = ratios[key]["time"] <= targets["time_ratio_max"]
             targets[f"{key}_memory_ok"] = ratios[key]["peak_memory"] <= targets["memory_ratio_max"]
-    path = write_result("soft_overhead", {
+    path = write_result(args.name, {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "model": args.model, "batch": args.batch, "seq": args.seq, "device": args.device, "threads": args.threads,
         "flops": f, "cases": best, "ratios": ratios, "targets": targets,

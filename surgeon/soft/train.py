@@ -13,8 +13,8 @@ The recipe (Sorted LLaMA; SortedNet Alg. 2 for the stochastic loss), top to bott
    head, cross-entropy in chunks of tokens); ``--exits L`` alone is plain SFT on the same path;
 4. measure every exit again on the exact weights the output holds (``after``);
 5. stream the merged checkpoint out through :func:`surgeon.surgery.execute` (LoRA deltas added to
-   the original float weights by :func:`surgeon.merge.merge_transforms`), with the exits in its
-   sorted manifest and in the provenance.
+   the original float weights by :func:`surgeon.merge.merge_transforms`), with the exits and their
+   measured quality in its sorted manifest, and the exits and losses in its provenance.
 
 Memory knobs: ``--batch-size``, ``--seq-len``, ``--grad-accum``, ``--gradient-checkpointing``,
 ``--quant nf4``, ``--chunk-tokens`` (rows of full-vocabulary logits alive at once). Raises
@@ -23,7 +23,6 @@ UsageError (bad options or exits, out of memory), DataError, CheckpointError, Ou
 
 from __future__ import annotations
 
-import inspect
 import logging
 import shutil
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from ..errors import UsageError
 from ..options import opt
 from ..train.config import METHODS, QUANTS, ModelSetup, TrainConfig
 from ..units import parse_size
-from .exits import manifest_exits, parse_exits
+from .exits import exit_name, manifest_exits, parse_exits
 from .losses import LOSS_MODES
 
 log = logging.getLogger(__name__)
@@ -140,8 +139,27 @@ class SoftResult:
                 "output": self.output.output if self.output else None, "data": self.data, **self.extra}
 
 
-def _write(model, opts: SoftOptions, exits, provenance: dict, report: SoftProgress):
-    """Merge and stream the output; the exits go into the sorted manifest where execute supports it."""
+def _manifest_exits(exits, L: int, after: list, quality_common: dict) -> list[dict]:
+    """The trained exits for the sorted manifest, with their measured held-out quality
+    (the same metrics as ``surgeon manifest`` records: loss, perplexity, KL and top-1 to the full model)."""
+    out = manifest_exits(exits)
+    by_exit = {q.exit: q for q in after}
+    full = exit_name(L)
+    for e, n in zip(out, exits):
+        q = by_exit.get(n)
+        if q is None:
+            continue
+        rec = [dict(quality_common, metric="loss", value=round(q.loss, 6)),
+               dict(quality_common, metric="perplexity", value=round(q.perplexity, 6))]
+        if L in exits and q.kl_full_exit is not None:
+            rec += [dict(quality_common, metric="kl_full_exit", value=round(max(q.kl_full_exit, 0.0), 6), reference=full),
+                    dict(quality_common, metric="top1_agreement", value=round(q.top1_agreement, 6), reference=full)]
+        e["quality"] = rec
+    return out
+
+
+def _write(model, opts: SoftOptions, manifest: list[dict], provenance: dict, report: SoftProgress):
+    """Merge the training into the source's weights and stream the output, exits in its manifest."""
     from ..io.checkpoint import Checkpoint
     from ..merge import merge_transforms
     from ..surgery.execute import execute
@@ -150,12 +168,9 @@ def _write(model, opts: SoftOptions, exits, provenance: dict, report: SoftProgre
     ckpt = Checkpoint.open(opts.model)
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
     plan = plan_layers(ckpt, list(range(ckpt.num_layers)), "soft", opts.dtype, options)
-    kwargs = {}
-    if "manifest_exits" in inspect.signature(execute).parameters:
-        kwargs["manifest_exits"] = manifest_exits(exits)
     return execute(plan, opts.output, force=opts.force, max_shard_bytes=parse_size(opts.max_shard_size),
                    transforms=merge_transforms(model, ckpt), extra_provenance=provenance,
-                   progress=lambda d, t, n: report(d, t, "writing"), **kwargs)
+                   progress=lambda d, t, n: report(d, t, "writing"), manifest_exits=manifest)
 
 
 def soft(opts: SoftOptions, progress: SoftProgress | None = None) -> SoftResult:
@@ -201,8 +216,10 @@ def soft(opts: SoftOptions, progress: SoftProgress | None = None) -> SoftResult:
         return exit_quality(model, eval_ex, exits, batch_size=opts.eval_batch_size, chunk_tokens=opts.chunk_tokens,
                             progress=lambda d, t, _: report(d, t, f"evaluating ({label})"))
 
+    eval_dtype = _compute_dtype(state.device, None)
+
     def float_model():
-        return AutoModelForCausalLM.from_pretrained(str(opts.model), dtype=_compute_dtype(state.device, None),
+        return AutoModelForCausalLM.from_pretrained(str(opts.model), dtype=eval_dtype,
                                                     use_safetensors=True).to(state.device).eval()
 
     before: list = []
@@ -243,7 +260,9 @@ def soft(opts: SoftOptions, progress: SoftProgress | None = None) -> SoftResult:
                             "before": {q.exit: q.loss for q in before}, "after": {q.exit: q.loss for q in after}},
             },
         }
-        out = _write(model, opts, exits, provenance, report)
+        common = {"data": opts.data, "split": "eval", "tokens": max(tokens, 1), "seq_len": opts.seq_len,
+                  "dtype": str(eval_dtype).replace("torch.", ""), "samples": len(eval_ex)}
+        out = _write(model, opts, _manifest_exits(exits, L, after, common), provenance, report)
         if not opts.checkpoint_dir:
             shutil.rmtree(ckdir, ignore_errors=True)
     state.wait_for_everyone()
