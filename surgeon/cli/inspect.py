@@ -44,7 +44,9 @@ def inspect_cmd(model: Path, as_json: bool) -> None:
         t.add_row(k, str(v))
     if r.manifest:
         exits = r.manifest.get("exits") or []
-        t.add_row("sorted manifest", ", ".join(f"{e['name']} ({e['num_layers']} layers)" for e in exits) or str(r.manifest))
+        t.add_row("sorted manifest", ", ".join(
+            f"{e['name']} ({e['num_layers']} layers" + (f", {human_count(e['parameters'])}" if "parameters" in e else "") + ")"
+            for e in exits) or r.manifest.get("error", str(r.manifest)))
     else:
         t.add_row("sorted manifest", "none")
     c.print(t)
