@@ -299,6 +299,18 @@ def test_large_manifest_rides_as_a_pointer(tiny_models, tmp_path):
     assert len(ref.read_manifest(str(out / "model.safetensors"))["exits"]) == 101
 
 
+def test_copy_that_does_not_fit_the_header_becomes_a_pointer(tiny_models, tmp_path, monkeypatch):
+    import surgeon.manifest.store as store
+
+    monkeypatch.setattr(store, "HEADER_LIMIT", 10**7)  # the copy is "allowed" but cannot fit 66 KiB of room
+    exits = [{"name": f"e{i}", "layers": [i % 6, (i + 1) % 6, (i + 2) % 6]} for i in range(90)]
+    out = tmp_path / "big"
+    execute(plan_layers(Checkpoint.open(tiny_models["llama"]), range(6), "manifest"), out, manifest_exits=exits,
+            manifest_verify=False)
+    value, _ = read_header_copy(out)
+    assert "pointer" in value and check_checkpoint(out).header_copy == "pointer"
+
+
 def test_inspect_shows_the_manifest(sorted_llama):
     res = run_cli("inspect", sorted_llama)
     assert res.exit_code == 0 and "narrow" in res.stdout and "depth-2" in res.stdout

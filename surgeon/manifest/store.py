@@ -40,11 +40,7 @@ def header_form(manifest: dict) -> str:
 def header_value(manifest: dict) -> str:
     """What goes under :data:`HEADER_KEY`: the compact copy, or a pointer when it exceeds 64 KB."""
     text = header_form(manifest)
-    if len(text.encode("utf-8")) <= HEADER_LIMIT:
-        return text
-    return json.dumps({"format": FORMAT, "format_version": manifest.get("format_version", FORMAT_VERSION),
-                       "pointer": MANIFEST_FILE, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()},
-                      sort_keys=True, separators=(",", ":"))
+    return text if len(text.encode("utf-8")) <= HEADER_LIMIT else pointer_value(manifest)
 
 
 def parse(raw: bytes | str, where: str) -> Any:
@@ -67,7 +63,14 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def _stamp_header(folder: Path, value: str | None) -> str:
+def pointer_value(manifest: dict) -> str:
+    text = header_form(manifest)
+    return json.dumps({"format": FORMAT, "format_version": manifest.get("format_version", FORMAT_VERSION),
+                       "pointer": MANIFEST_FILE, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()},
+                      sort_keys=True, separators=(",", ":"))
+
+
+def _stamp_header(folder: Path, value: str | None, fallback: str | None = None) -> str:
     """Put ``value`` (None: remove) under HEADER_KEY in the header; returns where it went."""
     index = folder / INDEX_FILE
     if index.is_file():
@@ -91,6 +94,10 @@ def _stamp_header(folder: Path, value: str | None) -> str:
         meta[HEADER_KEY] = value
     if update_header_metadata(single, meta):
         return SINGLE_FILE
+    if fallback is not None and fallback != value:  # the copy (escaped as a string) does not fit: point instead
+        meta[HEADER_KEY] = fallback
+        if update_header_metadata(single, meta):
+            return SINGLE_FILE
     log.warning("%s has no room left in its header for the manifest copy; only %s carries it",
                 SINGLE_FILE, MANIFEST_FILE)
     return ""
@@ -109,7 +116,7 @@ def write_manifest(folder: str | Path, manifest: dict) -> dict:
     folder = Path(folder)
     m = {k: v for k, v in manifest.items() if k != "weights"}
     validate_manifest(m, header_copy=True)
-    stamped = _stamp_header(folder, header_value(m))
+    stamped = _stamp_header(folder, header_value(m), pointer_value(m))
     m["weights"] = {"files": [{"name": f, "bytes": (folder / f).stat().st_size, "sha256": sha256_file(folder / f)}
                               for f in weight_files(folder)]}
     validate_manifest(m)
