@@ -16,7 +16,10 @@ class _DefaultToWrite(click.Group):
     """`surgeon manifest MODEL ...` means `surgeon manifest write MODEL ...`."""
 
     def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+        if not args:
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        if args[0] not in self.commands and args[0] not in ("-h", "--help"):
             args = ["write", *args]
         return super().parse_args(ctx, args)
 
