@@ -25,9 +25,10 @@ from .store import read_sidecar, write_manifest
 
 log = logging.getLogger(__name__)
 
-# Verification loads each exit in float32; above this size an output is written without it (the
-# streaming executor's one-tensor memory promise), and `surgeon manifest --in-place` adds it.
-VERIFY_MAX_PARAMETERS = 500_000_000
+# Verification loads each exit in float32 (4 bytes per parameter); above this size an output is
+# written without it, keeping the streaming executor's about-one-tensor memory promise, and
+# `surgeon manifest MODEL --in-place --verify` adds it when the memory is there.
+VERIFY_MAX_PARAMETERS = 150_000_000
 
 
 def stamp(folder: str | Path, exits: list[dict] | None = None, provenance: list[dict] | None = None,

@@ -74,7 +74,7 @@ def execute(
     header copy). ``manifest_exits`` lists its exits as ``{"name", "layers", "widths"?, "quality"?}``
     with ``layers`` indexing the OUTPUT model's layers (default: the full model only, which is always
     added). ``manifest_verify`` records verification logits per exit (default: when the output has at
-    most 500M parameters; see :mod:`surgeon.manifest.command`).
+    most 150M parameters (it loads the model); see :mod:`surgeon.manifest.command`).
     """
     t0 = time.time()
     src = Path(plan.source)
