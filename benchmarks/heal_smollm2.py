@@ -17,6 +17,7 @@ Writes benchmarks/results/heal_smollm2.json.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -37,6 +38,7 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=None, help="default: l*(n) by surgeon's similarity analysis")
     ap.add_argument("--variants", default="nf4,none")
     ap.add_argument("--data", default="builtin:sotu")
+    ap.add_argument("--name", default="heal_smollm2", help="result file name (benchmarks/results/NAME.json)")
     args = ap.parse_args()
 
     import torch
@@ -84,12 +86,13 @@ def main() -> None:
             for rec in runs.values():
                 rec["step_time_vs_none"] = rec["seconds_per_step"] / base["seconds_per_step"]
                 rec["after_minus_none_after"] = rec["after"] - base["after"]
-        path = write_result("heal_smollm2", {
+        path = write_result(args.name, {
             "command": " ".join(sys.argv), "model": "SmolLM2-135M-Instruct (30 layers, fp32)",
             "prune": {"n": args.n, "start": pr.block.start, "strategy": pr.block.strategy,
                       "angular_distance": pr.block.distance}, "data": args.data,
             "steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len, "rank": 8, "lr": 3e-4,
-            "torch_threads": torch.get_num_threads(), "unpruned_loss": unpruned, "runs": runs,
+            "torch_threads": torch.get_num_threads(), "load_average_at_end": list(os.getloadavg()),
+            "unpruned_loss": unpruned, "runs": runs,
         })
         print(path)
     finally:
