@@ -334,12 +334,13 @@ def test_soft_cli_rejects_bad_input_before_training(tiny_models, text_data, tmp_
 
 @pytest.mark.slow
 def test_soft_on_smollm2_lowers_every_exit(smollm2, tmp_path):
-    """Real model: a short SoFT run brings every exit's held-out loss far below its start."""
-    r = _run(smollm2, "builtin:sotu", tmp_path / "o", "10,15,20,25,30", steps=30, lr=1e-4, warmup=3,
+    """Real model: a short SoFT run brings every intermediate exit's held-out loss far below its
+    start (exit 10 starts near 20 nats) while the already-trained full model stays within 10%."""
+    r = _run(smollm2, "builtin:sotu", tmp_path / "o", "10,15,20,25,30", steps=20, lr=5e-5, warmup=2,
              seq_len=128, batch_size=4, eval_samples=16, method="full", quant="none")
     before = {q.exit: q.loss for q in r.before}
     for q in r.after:
         if q.exit < 30:
             assert q.loss < 0.6 * before[q.exit], (q.exit, before[q.exit], q.loss)
         else:
-            assert q.loss < before[q.exit] + 0.1
+            assert q.loss < 1.10 * before[q.exit], (before[q.exit], q.loss)
