@@ -108,25 +108,38 @@ class SimilarityAccumulator:
         self.samples = 0
         self._vecs: dict[int, object] = {}
         self._seen: dict[int, set[int]] = {}
+        self._norm_cache: dict[int, tuple] = {}  # batch -> (norms of the last x_out, that x_out)
 
     def observe(self, batch: Batch, layer: int, x_in, x_out) -> None:
         import torch
 
-        B = batch.size
+        B, T, D = x_in.shape
         dev = x_in.device
-        rows, last = torch.arange(B, device=dev), batch.last.to(dev)
         vecs = self._vecs.get(batch.index)
         if vecs is None:
-            vecs = self._vecs[batch.index] = torch.zeros(B, self.L + 1, x_in.shape[-1], dtype=torch.float32)
+            vecs = self._vecs[batch.index] = torch.zeros(B, self.L + 1, D, dtype=torch.float32)
             self._seen[batch.index] = set()
-        vecs[:, layer] = x_in[rows, last].float().cpu()
+        # last real token of each row, as one index_select on the flattened (B*T, D) view
+        flat_last = torch.arange(B, device=dev) * T + batch.last.to(dev)
+        a, b = x_in.reshape(B * T, D).float(), x_out.reshape(B * T, D).float()
+        vecs[:, layer] = a.index_select(0, flat_last).cpu()
         if layer == self.L - 1:
-            vecs[:, self.L] = x_out[rows, last].float().cpu()
+            vecs[:, self.L] = b.index_select(0, flat_last).cpu()
         self._seen[batch.index].add(layer)
-        cos = torch.nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1)  # (B, T)
-        real = batch.attention_mask.to(dev).bool()
+        # Block Influence: the output of layer l is the input of layer l+1, so its norms are reused.
+        cached = self._norm_cache.get(batch.index)
+        norm_in = cached[0] if cached is not None and cached[1] is x_in else None
+        if norm_in is None:
+            norm_in = torch.linalg.vector_norm(a, dim=-1)
+        norm_out = torch.linalg.vector_norm(b, dim=-1)
+        self._norm_cache[batch.index] = (norm_out, x_out)
+        dot = torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(B * T)
+        cos = dot / (norm_in * norm_out).clamp_min(1e-8)
+        real = batch.attention_mask.to(dev).reshape(B * T).bool()
         self.bi_sum[layer] += float(torch.where(real, 1.0 - cos, torch.zeros_like(cos)).sum(dtype=torch.float64))
         self.bi_tokens[layer] += int(real.sum())
+        if layer == self.L - 1:
+            self._norm_cache.pop(batch.index, None)
 
     def flush(self, batch: Batch) -> None:
         import torch
