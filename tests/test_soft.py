@@ -336,7 +336,7 @@ def test_soft_cli_rejects_bad_input_before_training(tiny_models, text_data, tmp_
 def test_soft_on_smollm2_lowers_every_exit(smollm2, tmp_path):
     """Real model: a short SoFT run brings every intermediate exit's held-out loss far below its
     start (exit 10 starts near 20 nats) while the already-trained full model stays within 10%."""
-    r = _run(smollm2, "builtin:sotu", tmp_path / "o", "10,15,20,25,30", steps=20, lr=5e-5, warmup=2,
+    r = _run(smollm2, "builtin:sotu", tmp_path / "o", "10,15,20,25,30", steps=30, lr=1e-4, warmup=3,
              seq_len=128, batch_size=4, eval_samples=16, method="full", quant="none")
     before = {q.exit: q.loss for q in r.before}
     for q in r.after:
