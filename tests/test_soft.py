@@ -344,3 +344,60 @@ def test_soft_on_smollm2_lowers_every_exit(smollm2, tmp_path):
             assert q.loss < 0.6 * before[q.exit], (q.exit, before[q.exit], q.loss)
         else:
             assert q.loss < 1.10 * before[q.exit], (before[q.exit], q.loss)
+
+
+def test_soft_along_width_trains_nested_ffn_widths(tiny_models, text_data, tmp_path):
+    """--ffn-exits: the narrow (depth, width) sub-models end clearly better than after depth-only
+    SoFT with the same steps, the manifest lists them, and surgeon.load cuts them out exactly."""
+    import torch
+    from transformers import AutoTokenizer
+
+    import surgeon
+    from surgeon.data import training_examples
+    from surgeon.soft.evaluate import exit_quality
+    from surgeon.width.masking import width_mask
+
+    src = tiny_models["llama"]
+    depth_only = tmp_path / "depth"
+    _run(src, text_data, depth_only, "3,6", steps=120)
+    r = _run(src, text_data, tmp_path / "width", "3,6", ffn_exits="0.25,0.5", eval_samples=8, steps=120)
+    assert r.extra["ffn_exits"] == [32, 64, 128]
+    assert set(r.extra["width"]) == {"32", "64"}
+    tok = AutoTokenizer.from_pretrained(src)
+    held = list(training_examples(str(text_data), tok, seq_len=64, role="eval", max_examples=24))
+
+    def losses(path, ffn):
+        m = _load(path)
+        with width_mask(m, ffn=ffn):
+            return {q.exit: q.loss for q in exit_quality(m, held, [3, 6], kl=False)[0]}
+
+    w, d = losses(tmp_path / "width", 32), losses(depth_only, 32)
+    assert w[6] < d[6] - 0.1 and w[3] < d[3] - 0.1, (w, d)
+    wf, df = losses(tmp_path / "width", 128), losses(depth_only, 128)
+    assert wf[6] <= 1.10 * df[6], (wf, df)  # the full width pays a bounded price
+    manifest = json.loads((tmp_path / "width" / "sorted_manifest.json").read_text())
+    names = {e["name"]: e for e in manifest["exits"]}
+    assert names["depth-3-ffn32"]["widths"] == {"ffn": 32} and names["depth-6-ffn64"]["layers"] == list(range(6))
+    assert "width-prefix" in manifest["required_features"]
+    # the loaded width exit equals the full model run under the width mask
+    ids = torch.tensor([held[0]["input_ids"][:20]])
+    exit_model = surgeon.load(tmp_path / "width", exit="depth-3-ffn32")
+    full = _load(tmp_path / "width")
+    from surgeon.surgery.inmemory import keep_layers_in_memory
+
+    keep_layers_in_memory(full, [0, 1, 2])
+    with torch.no_grad(), width_mask(full, ffn=32):
+        ref = full(ids).logits
+    with torch.no_grad():
+        assert (exit_model(ids).logits - ref).abs().max().item() <= 1e-5
+
+
+def test_ffn_exits_parsing():
+    from surgeon.soft.width import parse_ffn_exits
+
+    assert parse_ffn_exits("0.25,0.5,0.75,1.0", 128) == (32, 64, 96, 128)
+    assert parse_ffn_exits("16,64", 128) == (16, 64, 128)
+    assert parse_ffn_exits(None, 128) == ()
+    for spec, words in [("0.5,0.25", "must increase"), ("1.5", "outside (0, 1]"), ("0.5,,1", "empty item")]:
+        with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            parse_ffn_exits(spec, 128)

@@ -24,6 +24,18 @@ def render_soft(r, c) -> None:
             t.add_row(f"{q.exit}/{r.num_layers}", f"{b.loss:.4f}" if b else "-", f"{q.loss:.4f}", f"{q.perplexity:.2f}",
                       f"{q.kl_full_exit:.4f}", f"{q.top1_agreement:.1%}")
         c.print(t)
+    if r.extra.get("width"):
+        t = Table("exit", *[f"ffn {k} before/after" for k in r.extra["width"]],
+                  title="held-out loss of the narrower FFN widths", title_justify="left")
+        rows = {n: [] for n in r.exits}
+        for res in r.extra["width"].values():
+            b = {q["exit"]: q["loss"] for q in res["before"]}
+            a = {q["exit"]: q["loss"] for q in res["after"]}
+            for n in r.exits:
+                rows[n].append(f"{b.get(n, float('nan')):.4f} / {a.get(n, float('nan')):.4f}")
+        for n, cells in rows.items():
+            t.add_row(f"{n}/{r.num_layers}", *cells)
+        c.print(t)
     tr = r.train
     done = tr.steps - tr.resumed_from
     resumed = f" (resumed at step {tr.resumed_from})" if tr.resumed_from else ""
@@ -43,6 +55,8 @@ def soft_cmd(model: Path, as_json: bool, **kwargs) -> None:
     Sub-model n is the first n layers read through the shared final norm and LM head (no new
     parameters). Every step trains all exits from one forward pass (--loss sum, Sorted LLaMA
     eq. 1) or one sampled exit (--loss stochastic). --exits L alone is plain SFT, the baseline.
+    --ffn-exits adds nested FFN widths (first k channels of every layer; one width sampled per
+    micro-batch, SortedNet Alg. 2); the manifest then also lists the (depth, width) exits.
     The output is a plain merged checkpoint whose sorted manifest lists the trained exits.
     Runs on CPU, one GPU, or several with `accelerate launch -m surgeon soft ...`.
     """

@@ -33,8 +33,10 @@ from ..errors import UsageError
 from ..options import opt
 from ..train.config import METHODS, QUANTS, ModelSetup, TrainConfig
 from ..units import parse_size
+from ..width.masking import width_mask
 from .exits import exit_name, manifest_exits, parse_exits
 from .losses import LOSS_MODES
+from .width import SortedWidthLoss, parse_ffn_exits
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,9 @@ class SoftOptions:
                                   "layer from L/4 to L). Only L: plain SFT.", metavar="N,N,...")
     loss: str = opt("sum", "sum: mean of every exit's loss each step (eq. 1); stochastic: one sampled exit per "
                            "micro-batch (SortedNet Alg. 2; pair with --grad-accum).", choices=LOSS_MODES)
+    ffn_exits: str | None = opt(None, "Also train nested FFN widths: comma-separated fractions of intermediate_size "
+                                      "(or counts), e.g. 0.25,0.5,0.75,1.0; the full width is always included. Each "
+                                      "micro-batch samples one width (SortedNet Alg. 2). Run sort-width first.")
     exit_weights: str | None = opt(None, "Comma-separated per-exit weights (sum: weighted mean; stochastic: "
                                          "sampling weights). Default: uniform.")
     method: str = opt("lora", "lora: adapters on a frozen base; full: train every weight.", choices=METHODS)
@@ -158,6 +163,21 @@ def _manifest_exits(exits, L: int, after: list, quality_common: dict) -> list[di
     return out
 
 
+def _width_exits(exits, widths, after_w: dict, quality_common: dict) -> list[dict]:
+    """The trained (depth, narrower FFN width) sub-models as manifest exits, with their held-out loss."""
+    out = []
+    for k in widths[:-1]:
+        by_exit = {q.exit: q for q in after_w.get(k, [])}
+        for n in exits:
+            e = {"name": f"{exit_name(n)}-ffn{k}", "layers": list(range(n)), "widths": {"ffn": k}}
+            q = by_exit.get(n)
+            if q is not None:
+                e["quality"] = [dict(quality_common, metric="loss", value=round(q.loss, 6)),
+                                dict(quality_common, metric="perplexity", value=round(q.perplexity, 6))]
+            out.append(e)
+    return out
+
+
 def _write(model, opts: SoftOptions, manifest: list[dict], provenance: dict, report: SoftProgress):
     """Merge the training into the source's weights and stream the output, exits in its manifest."""
     from ..io.checkpoint import Checkpoint
@@ -175,25 +195,26 @@ def _write(model, opts: SoftOptions, manifest: list[dict], provenance: dict, rep
 
 def soft(opts: SoftOptions, progress: SoftProgress | None = None) -> SoftResult:
     """Sorted fine-tune ``opts.model`` and write the merged checkpoint to ``opts.output`` (module doc)."""
-    from accelerate import PartialState
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..data import parse_data_spec, training_examples
     from ..io.atomic import check_output
     from ..merge import apply_in_memory
     from ..train import load_trainable, seed_everything, train
-    from ..train.model import _compute_dtype, checkpoint_family
+    from ..train.model import _compute_dtype, checkpoint_family, distributed_state
     from .evaluate import exit_quality
     from .losses import SortedLoss
 
-    state = PartialState()
+    state = distributed_state()  # joins multi-process CPU launches as gloo DDP, like heal
     main = state.is_main_process
     report = progress or (lambda done, total, label: None)
     family = checkpoint_family(opts.model)
     from ..io.checkpoint import Checkpoint
 
-    L = Checkpoint.open(opts.model).num_layers
+    ckpt = Checkpoint.open(opts.model)
+    L = ckpt.num_layers
     exits = parse_exits(opts.exits, L)
+    widths = parse_ffn_exits(opts.ffn_exits, ckpt.text_config.get("intermediate_size") or 0)
     weights = opts.weights()
     if weights is not None and len(weights) != len(exits):
         raise UsageError(f"--exit-weights has {len(weights)} values for {len(exits)} exits",
@@ -216,6 +237,16 @@ def soft(opts: SoftOptions, progress: SoftProgress | None = None) -> SoftResult:
         return exit_quality(model, eval_ex, exits, batch_size=opts.eval_batch_size, chunk_tokens=opts.chunk_tokens,
                             progress=lambda d, t, _: report(d, t, f"evaluating ({label})"))
 
+    def measure_widths(model, label) -> dict[int, list]:
+        """Loss of every (depth, narrower width) pair; KL/top-1 only make sense against the full model."""
+        out = {}
+        for k in widths[:-1] if eval_ex else ():
+            with width_mask(model, ffn=k, family=family):
+                out[k], _ = exit_quality(model, eval_ex, exits, batch_size=opts.eval_batch_size, kl=False,
+                                         chunk_tokens=opts.chunk_tokens,
+                                         progress=lambda d, t, _, k=k: report(d, t, f"evaluating ({label}, ffn {k})"))
+        return out
+
     eval_dtype = _compute_dtype(state.device, None)
 
     def float_model():
@@ -223,15 +254,19 @@ def soft(opts: SoftOptions, progress: SoftProgress | None = None) -> SoftResult:
                                                     use_safetensors=True).to(state.device).eval()
 
     before: list = []
+    before_w: dict = {}
     if eval_ex:
         m = float_model()
         before, _ = measure(m, "before")
+        before_w = measure_widths(m, "before")
         del m
 
     # -- train
     seed_everything(opts.seed)
     model = load_trainable(opts.model, setup, family, device=state.device)
     loss_fn = SortedLoss(exits, opts.loss, weights, opts.seed, opts.chunk_tokens)
+    if len(widths) > 1:
+        loss_fn = SortedWidthLoss(loss_fn, widths, family, opts.seed)
     ckdir = Path(opts.checkpoint_dir) if opts.checkpoint_dir else Path(str(opts.output) + ".checkpoints")
 
     def on_step(info):
@@ -242,6 +277,7 @@ def soft(opts: SoftOptions, progress: SoftProgress | None = None) -> SoftResult:
 
     # -- after (on the exact output weights), write (main process only)
     after: list = []
+    after_w: dict = {}
     tokens = 0
     out = None
     if main:
@@ -249,21 +285,30 @@ def soft(opts: SoftOptions, progress: SoftProgress | None = None) -> SoftResult:
             m = float_model()
             apply_in_memory(m, model)
             after, tokens = measure(m, "after")
+            after_w = measure_widths(m, "after")
             del m
         provenance = {
             "exits": list(exits),
+            "ffn_exits": list(widths) or None,
             "soft": {
                 "loss": opts.loss, "exit_weights": list(weights) if weights else None, "data": data.describe(),
                 "steps": result.steps, "train_tokens": result.tokens, "seconds": round(result.seconds, 2),
                 "final_train_loss": result.losses[-1], "processes": state.num_processes,
                 "heldout": {"tokens": tokens, "seq_len": opts.seq_len,
-                            "before": {q.exit: q.loss for q in before}, "after": {q.exit: q.loss for q in after}},
+                            "before": {q.exit: q.loss for q in before}, "after": {q.exit: q.loss for q in after},
+                            "ffn": {str(k): {"before": {q.exit: q.loss for q in before_w.get(k, [])},
+                                             "after": {q.exit: q.loss for q in after_w.get(k, [])}}
+                                    for k in widths[:-1]} or None},
             },
         }
         common = {"data": opts.data, "split": "eval", "tokens": max(tokens, 1), "seq_len": opts.seq_len,
                   "dtype": str(eval_dtype).replace("torch.", ""), "samples": len(eval_ex)}
-        out = _write(model, opts, _manifest_exits(exits, L, after, common), provenance, report)
+        manifest = _manifest_exits(exits, L, after, common) + _width_exits(exits, widths, after_w, common)
+        out = _write(model, opts, manifest, provenance, report)
         if not opts.checkpoint_dir:
             shutil.rmtree(ckdir, ignore_errors=True)
     state.wait_for_everyone()
-    return SoftResult(exits, L, opts.loss, before, after, result, out, data.describe(), tokens)
+    extra = {"ffn_exits": list(widths), "width": {str(k): {"before": [asdict(q) for q in before_w.get(k, [])],
+                                                              "after": [asdict(q) for q in after_w.get(k, [])]}
+                                                  for k in widths[:-1]}} if widths else {}
+    return SoftResult(exits, L, opts.loss, before, after, result, out, data.describe(), tokens, extra)

@@ -32,8 +32,9 @@ def model_family(model) -> Family:
 def width_mask(model, ffn: int | None = None, kv_heads: int | None = None, family: Family | None = None) -> Iterator[None]:
     """Inside the ``with`` block ``model`` computes the first-``ffn``-channels / first-``kv_heads``-groups
     sub-model. ``None`` keeps that dimension whole."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    fam = family or model_family(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's wrapped model
+    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    fam = family or model_family(base)
     nh = cfg.num_attention_heads
     nkv = getattr(cfg, "num_key_value_heads", None) or nh
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
@@ -51,7 +52,7 @@ def width_mask(model, ffn: int | None = None, kv_heads: int | None = None, famil
 
     handles = []
     try:
-        for layer in _module(model, fam.layers):
+        for layer in _module(base, fam.layers):
             if ffn is not None:
                 handles.append(_module(layer, fam.ffn["down"]).register_forward_pre_hook(cut(ffn)))
             if q_cols is not None:
