@@ -96,6 +96,7 @@ def main(verbose: int) -> None:
     if verbose < 2:  # surgeon draws its own progress bars; keep the libraries' per-load tqdm bars out
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # optional-kernel notices on CPU
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
     if threading_main():
         signal.signal(signal.SIGTERM, _sigterm)

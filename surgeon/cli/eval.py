@@ -20,11 +20,17 @@ def eval_cmd(model: Path, as_json: bool, **kwargs) -> None:
 
     Sub-model K is the first K layers read through the shared final norm and LM head; all exits
     come from one forward pass per batch. Also reports KL(full || exit) in nats per token and how
-    often the exit's top-1 token matches the full model's (--no-kl skips both).
+    often the exit's top-1 token matches the full model's (--no-kl skips both). --tasks runs
+    lm-evaluation-harness tasks on each exit instead and prints the harness results as JSON.
     """
     from ..soft.evaluate import evaluate_exits
 
     opts = build(EvalOptions, model=model, **kwargs)
+    if opts.tasks:
+        from ..soft.evaluate import run_harness
+
+        print_json(run_harness(opts))
+        return
     with progress_bar("evaluating", unit="sequences") as progress:
         r = evaluate_exits(opts, progress=progress)
     if as_json:

@@ -38,6 +38,9 @@ class EvalOptions:
     samples: int = opt(64, "Largest number of held-out sequences.")
     batch_size: int = opt(4, "Sequences per forward pass.")
     dtype: str = opt("fp32", "Compute dtype.", choices=("fp32", "bf16", "fp16"))
+    tasks: str | None = opt(None, "Run lm-evaluation-harness tasks on each exit instead (comma-separated, e.g. "
+                                  "hellaswag,arc_easy; needs `pip install lm-eval` and the tasks' data).")
+    limit: int | None = opt(None, "Examples per harness task (default: all).")
 
     def __post_init__(self):
         if self.exit is None and not self.all_exits:
@@ -183,6 +186,19 @@ def _load(path: Path, dtype: str):
         raise CheckpointError(f"cannot load {path}: {str(e).splitlines()[0]}",
                               "check that the folder holds a complete checkpoint with its tokenizer") from None
     return model, tok
+
+
+def run_harness(opts: EvalOptions) -> dict:
+    """``--tasks``: lm-evaluation-harness tasks on each requested exit (see surgeon.runtime.harness)."""
+    from ..io.checkpoint import Checkpoint
+    from ..runtime.harness import run_tasks
+
+    L = Checkpoint.open(opts.model).num_layers
+    exits = recorded_exits(Path(opts.model), L) if opts.all_exits else parse_exits(opts.exit, L)
+    if opts.limit is not None and opts.limit < 1:
+        raise UsageError(f"--limit {opts.limit} is below 1", "give examples per task, or omit it for all")
+    return run_tasks(opts.model, [None if n == L else n for n in exits], opts.tasks, limit=opts.limit,
+                     dtype=opts.dtype)
 
 
 def evaluate_exits(opts: EvalOptions, progress: Progress | None = None) -> ExitEvalResult:
