@@ -42,6 +42,17 @@ elif mode == "rename":
     def rename(*args, **kw):
         hit(); return real_rename(*args, **kw)
     a.os.rename = rename
+elif mode == "replace":
+    real_replace = os.replace
+    def replace(*args, **kw):
+        hit(); return real_replace(*args, **kw)
+    os.replace = replace
+elif mode == "header":
+    import surgeon.manifest.store as store
+    real_update = store.update_header_metadata
+    def update(*args, **kw):
+        hit(); return real_update(*args, **kw)
+    store.update_header_metadata = update
 from surgeon.cli import main
 main(sys.argv[3:], prog_name="surgeon")
 """
@@ -192,3 +203,49 @@ def test_deeply_nested_index_json(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text("[" * 200000 + "]" * 200000)
     with pytest.raises(CheckpointError, match="not valid JSON|not a JSON object"):
         Checkpoint.open(tmp_path)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("mode,n", [("header", 1), ("replace", 1)])
+@pytest.mark.parametrize("sharded", [False, True])
+def test_kill9_during_manifest_in_place(tiny_models, tiny_sharded, tmp_path, mode, n, sharded):
+    """Killed while rewriting the manifest in place: the next run restores the complete previous
+    version (sidecar and header copy, byte for byte) with a message, then writes the new one."""
+    out = tmp_path / "m"
+    src = tiny_sharded if sharded else tiny_models["qwen3"]
+    assert run_cli("extract", src, "--depth", 6, "-o", out).exit_code == 0
+    previous = _snapshot(out)
+    if sharded and mode == "header":
+        mode = "replace"  # a sharded checkpoint keeps its copy in the index, written with os.replace
+    rc = _run_killed(mode, n, ["manifest", out, "--exits", "2,4", "--in-place", "--no-verify"])
+    assert rc == -9
+    from surgeon.manifest.command import recover_in_place
+
+    assert recover_in_place(out)  # what the next in-place run does first
+    assert _snapshot(out) == previous
+    res = subprocess.run([sys.executable, "-m", "surgeon", "manifest", str(out), "--exits", "2,4", "--in-place"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
+    names = [e["name"] for e in json.loads((out / "sorted_manifest.json").read_text())["exits"]]
+    assert len(names) == 3
+    assert run_cli("manifest", "validate", out).exit_code == 0
+
+
+def test_kill9_during_heal_write_leaves_no_target(tiny_models, tmp_path):
+    """heal streams its merged output through the same atomic executor: killed mid-write, no target."""
+    out = tmp_path / "healed"
+    data = tmp_path / "t.txt"
+    from surgeon.testing import corpus
+
+    data.write_text("\n\n".join(corpus(300, seed=4)))
+    args = ["heal", tiny_models["llama"], "--data", data, "--quant", "none", "--steps", 2, "--seq-len", 32,
+            "--eval-samples", 2, "--save-every", 0, "-o", out]
+    assert _run_killed("tensor", 5, args) == -9
+    assert not out.exists()
+    res = subprocess.run([sys.executable, "-m", "surgeon", *map(str, args)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert _leftovers(tmp_path, "healed") == [] and Checkpoint.open(out).num_layers == 6

@@ -8,20 +8,20 @@ command (a copy with ``-o``, or the model itself with ``--in-place``); :func:`va
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
-from ..io.checkpoint import Checkpoint
+from ..io.checkpoint import INDEX_FILE, Checkpoint
 from ..options import opt
 from .build import build_manifest, normalize_exits
 from .check import ValidationReport, check_checkpoint
 from .model import MANIFEST_FILE, ManifestError
-from .store import read_sidecar, write_manifest
+from .store import _stamp_header, header_value, pointer_value, read_sidecar, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -169,21 +169,59 @@ def write_manifest_for(opts: ManifestOptions, progress=None) -> ManifestResult:
     return ManifestResult(str(ckpt.path), m, bool(opts.eval_data), described)
 
 
-def _write_in_place(folder: Path, exits: list[dict], verify: bool) -> dict:
-    """Remove a stale sidecar first (so a crash leaves none rather than a wrong one), then stamp."""
+IN_PLACE_BACKUP = ".sorted_manifest.previous-"  # + a random suffix; empty = "there was no manifest"
+
+
+def recover_in_place(folder: Path) -> bool:
+    """Undo what a killed ``manifest --in-place`` left behind; returns True when it did something.
+
+    While an in-place write runs, the previous sidecar lives in a backup file beside it (an empty
+    backup means there was none). If the run died before its new sidecar was in place, the
+    previous sidecar is restored and the header copy re-stamped from it (the same bytes the
+    previous write produced), so the folder is the complete previous version again.
+    """
     side = folder / MANIFEST_FILE
-    if side.exists():
-        fd, tmp = tempfile.mkstemp(prefix=".sorted_manifest.", dir=folder)
-        os.close(fd)
-        shutil.move(side, tmp)
-        try:
-            m = stamp(folder, exits, None, verify)
-        except BaseException:
-            os.replace(tmp, side)
-            raise
-        os.unlink(tmp)
-        return m
-    return stamp(folder, exits, None, verify)
+    did = False
+    for t in sorted(folder.glob(IN_PLACE_BACKUP + "*")):
+        did = True
+        if side.exists():  # the new sidecar landed: the run had committed
+            t.unlink()
+            continue
+        log.warning("restoring the manifest of %s from an interrupted `manifest --in-place` run", folder)
+        previous = t.read_bytes()
+        if previous:
+            m = json.loads(previous)
+            base = {k: v for k, v in m.items() if k != "weights"}
+            _stamp_header(folder, header_value(base), pointer_value(base))
+            os.replace(t, side)
+        else:
+            _stamp_header(folder, None)
+            t.unlink()
+    for leftover in (folder / (MANIFEST_FILE + ".tmp"), folder / (INDEX_FILE + ".tmp")):
+        if leftover.exists():
+            leftover.unlink()
+            did = True
+    return did
+
+
+def _write_in_place(folder: Path, exits: list[dict], verify: bool) -> dict:
+    """Back up the previous sidecar (so a crash can be undone by :func:`recover_in_place`), then stamp."""
+    recover_in_place(folder)
+    side = folder / MANIFEST_FILE
+    fd, tmp = tempfile.mkstemp(prefix=IN_PLACE_BACKUP, dir=folder)
+    with os.fdopen(fd, "wb") as f:
+        if side.exists():
+            f.write(side.read_bytes())
+        f.flush()
+        os.fsync(f.fileno())
+    side.unlink(missing_ok=True)  # no sidecar = "not committed" until the new one lands
+    try:
+        m = stamp(folder, exits, None, verify)
+    except BaseException:
+        recover_in_place(folder)
+        raise
+    os.unlink(tmp)
+    return m
 
 
 @dataclass(frozen=True)
