@@ -339,7 +339,9 @@ def test_smollm2_prune_heal_lowers_heldout_loss(smollm2, tmp_path):
     from surgeon.heal import HealOptions, heal
     from surgeon.prune import PruneOptions, prune
 
+    # A CI-sized run (the 100-step acceptance figure is benchmarks/heal_smollm2.py): the deepest-but-last
+    # block wrecks SmolLM2 (~20 nats), so a short heal must recover a lot of it.
     prune(PruneOptions(model=smollm2, output=tmp_path / "p", n=6, start=23))
-    r = heal(HealOptions(model=tmp_path / "p", output=tmp_path / "h", data="builtin:sotu", quant="none", steps=100,
-                         batch_size=4, seq_len=256, eval_samples=32, save_every=0))
+    r = heal(HealOptions(model=tmp_path / "p", output=tmp_path / "h", data="builtin:sotu", quant="none", steps=25,
+                         warmup=3, batch_size=4, seq_len=128, eval_samples=16, save_every=0))
     assert r.before.loss - r.after.loss >= 0.2, (r.before.loss, r.after.loss)
