@@ -401,3 +401,36 @@ def test_ffn_exits_parsing():
     for spec, words in [("0.5,0.25", "must increase"), ("1.5", "outside (0, 1]"), ("0.5,,1", "empty item")]:
         with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")):
             parse_ffn_exits(spec, 128)
+
+
+def test_soft_resume_equals_uninterrupted_run(tiny_models, text_data, tmp_path):
+    """Killed (here: an exception) after step 5 with a checkpoint at step 3, then --resume: the written
+    weights equal an uninterrupted run's, with stochastic exits and sampled FFN widths."""
+    import torch
+    from safetensors.torch import load_file
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(k):
+        def progress(done, total, label):
+            if label.startswith("training") and done == k:
+                raise Stop
+        return progress
+
+    from surgeon.soft.train import SoftOptions, soft
+
+    common = dict(model=Path(tiny_models["qwen3"]), data=str(text_data), exits="2,4,6", loss="stochastic",
+                  ffn_exits="0.25,0.5", method="lora", quant="none", rank=4, steps=8, lr=1e-2, warmup=1,
+                  seq_len=32, batch_size=2, grad_accum=2, eval_samples=0, save_every=3, seed=3)
+    soft(SoftOptions(output=tmp_path / "ref", **common))
+    with pytest.raises(Stop):
+        soft(SoftOptions(output=tmp_path / "res", **common), progress=stop_at(5))
+    assert not (tmp_path / "res").exists()
+    r = soft(SoftOptions(output=tmp_path / "res", resume=True, **common))
+    assert r.train.resumed_from == 3
+    a = load_file(str(tmp_path / "ref" / "model.safetensors"))
+    b = load_file(str(tmp_path / "res" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    src = load_file(str(Path(tiny_models["qwen3"]) / "model.safetensors"))
+    assert any(not torch.equal(a[k], src[k]) for k in a if "mlp" in k)  # it did train
