@@ -326,3 +326,30 @@ def test_smollm2_sharded_exits_load_and_verify(smollm2, tmp_path):
     assert all(e.verified == "exact" for e in report.exits)
     execute(plan_extract_depth(Checkpoint.open(out), 8), tmp_path / "d8")
     assert torch.equal(_logits(surgeon.load(out, exit="depth-8")), _logits(_pretrained(tmp_path / "d8")))
+
+
+def test_cli_declares_width_exits(tiny_models, tmp_path):
+    """`--exits 6:ffn=0.5,4:ffn=32:heads=2`: narrowed exits validate (with --verify) and load like extract."""
+    import torch
+
+    import surgeon
+    from surgeon.manifest.command import parse_exits
+    from tests.conftest import run_cli
+
+    cfg = json.loads((tiny_models["llama"] / "config.json").read_text())
+    got = parse_exits("3,6:ffn=0.5,4:ffn=32:heads=2", 6, cfg)
+    assert got[1] == {"layers": list(range(6)), "widths": {"ffn": 64}}
+    assert got[2]["widths"] == {"ffn": 32, "heads": 2, "kv_heads": 1}
+    with pytest.raises(UsageError, match="KV group"):
+        parse_exits("6:heads=3", 6, cfg)
+    out = tmp_path / "m"
+    r = run_cli("manifest", tiny_models["llama"], "--exits", "3,4:ffn=32:heads=2", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert run_cli("manifest", "validate", out, "--verify").exit_code == 0
+    name = [e["name"] for e in json.loads((out / "sorted_manifest.json").read_text())["exits"] if e.get("widths")][0]
+    assert run_cli("extract", out, "--depth", 4, "--ffn", 32, "--heads", 2, "-o", tmp_path / "x").exit_code == 0
+    ids = torch.tensor([[1, 5, 9, 22, 7]])
+    with torch.no_grad():
+        a = surgeon.load(out, exit=name)(ids).logits
+        b = surgeon.load(tmp_path / "x")(ids).logits
+    assert torch.equal(a, b)

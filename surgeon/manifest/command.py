@@ -65,9 +65,32 @@ def stamp(folder: str | Path, exits: list[dict] | None = None, provenance: list[
     return write_manifest(folder, build_manifest(ckpt, exits, provenance, records))
 
 
-def parse_exits(text: str | None, num_layers: int) -> list[dict] | None:
-    """``--exits``: comma-separated layer counts (prefix exits), ``all`` (every prefix), or
-    ``NAME=I,J,...`` entries separated by ``;`` (explicit kept layers)."""
+def _width_item(item: str, cfg: dict | None) -> tuple[int, dict | None]:
+    """``K`` or ``K:ffn=F[:heads=H]`` -> (K, widths with absolute counts)."""
+    k, *rest = item.split(":")
+    if not rest:
+        return int(k), None
+    opts = {}
+    for r in rest:
+        key, _, value = r.partition("=")
+        if key.strip() not in ("ffn", "heads") or not value.strip():
+            raise UsageError(f"cannot read --exits item {item!r}", "write widths as K:ffn=F:heads=H, e.g. 24:ffn=0.5")
+        opts[key.strip()] = value.strip()
+    from ..width.plan import resolve_width
+
+    spec = resolve_width(cfg or {}, opts.get("ffn"), opts.get("heads"))
+    widths = {}
+    if "ffn" in opts:
+        widths["ffn"] = spec.ffn
+    if "heads" in opts:
+        widths.update(heads=spec.heads, kv_heads=spec.kv_heads)
+    return int(k), widths
+
+
+def parse_exits(text: str | None, num_layers: int, cfg: dict | None = None) -> list[dict] | None:
+    """``--exits``: comma-separated layer counts (prefix exits), each optionally narrowed
+    (``24:ffn=0.5:heads=6``: the first FFN channels / heads, fractions or counts), ``all`` (every
+    prefix), or ``NAME=I,J,...`` entries separated by ``;`` (explicit kept layers)."""
     if text is None or not text.strip():
         return None
     text = text.strip()
@@ -75,18 +98,25 @@ def parse_exits(text: str | None, num_layers: int) -> list[dict] | None:
         return [{"name": f"depth-{k}", "layers": list(range(k))} for k in range(1, num_layers + 1)]
     out = []
     try:
-        if "=" in text:
+        if "=" in text and ":" not in text:
             for part in text.split(";"):
                 name, layers = part.split("=", 1)
                 out.append({"name": name.strip(), "layers": [int(x) for x in layers.split(",")]})
         else:
-            for k in (int(x) for x in text.split(",")):
+            for item in text.split(","):
+                k, widths = _width_item(item.strip(), cfg)
                 if not 1 <= k <= num_layers:
                     raise UsageError(f"--exits names {k} layers, outside 1..{num_layers}", f"the model has {num_layers} layers")
-                out.append({"name": f"depth-{k}", "layers": list(range(k))})
+                e = {"layers": list(range(k))}
+                if widths:
+                    e["widths"] = widths
+                else:
+                    e["name"] = f"depth-{k}"
+                out.append(e)
     except ValueError:
         raise UsageError(f"cannot read --exits {text!r}",
-                         "give layer counts (12,16,24), `all`, or NAME=I,J,... entries separated by ';'") from None
+                         "give layer counts (12,16,24), narrowed ones (24:ffn=0.5), `all`, "
+                         "or NAME=I,J,... entries separated by ';'") from None
     return out
 
 
@@ -95,7 +125,8 @@ class ManifestOptions:
     model: Path = opt(help="Checkpoint folder.", cli=False)
     output: Path | None = opt(None, "Write a copy of MODEL with the manifest here.", flags=("-o", "--output"))
     in_place: bool = opt(False, "Write the manifest into MODEL itself (sidecar + header copy; weights untouched).")
-    exits: str | None = opt(None, "Exits: layer counts `4,8,12`, `all`, or `NAME=I,J,...;...`. "
+    exits: str | None = opt(None, "Exits: layer counts `4,8,12` (narrowed: `24:ffn=0.5:heads=6`), `all`, or "
+                                  "`NAME=I,J,...;...`. "
                                   "Default: the existing manifest's exits, else the full model.", metavar="SPEC")
     eval_data: str | None = opt(None, "Held-out data to measure each exit on (e.g. builtin:sotu, c4, file.txt).",
                                 metavar="SPEC")
@@ -138,7 +169,7 @@ def _quality(model: Path, exits: list[dict], opts: ManifestOptions, progress) ->
 def write_manifest_for(opts: ManifestOptions, progress=None) -> ManifestResult:
     """Measure the exits of ``opts.model`` and write its manifest (into a copy, or in place)."""
     ckpt = Checkpoint.open(opts.model)
-    exits = parse_exits(opts.exits, ckpt.num_layers)
+    exits = parse_exits(opts.exits, ckpt.num_layers, ckpt.text_config)
     if exits is None:
         old = read_sidecar(ckpt.path)
         if isinstance(old, dict) and isinstance(old.get("exits"), list):
