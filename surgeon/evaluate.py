@@ -63,27 +63,21 @@ def heldout_loss(
     """Mean cross-entropy (nats) of ``model`` over all predicted tokens of ``data`` (see module doc)."""
     import torch
 
+    from .train.loop import collate
+
     examples = _examples(data)
     if batch_size < 1:
         raise DataError(f"batch size {batch_size} is below 1", "give --batch-size 1 or more")
     device = next(model.parameters()).device
-    pad = 0
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for b in range(0, len(examples), batch_size):
-                batch = examples[b:b + batch_size]
-                width = max(len(e["input_ids"]) for e in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for i, e in enumerate(batch):
-                    n = len(e["input_ids"])
-                    ids[i, :n] = torch.tensor(e["input_ids"])
-                    labels[i, :n] = torch.tensor(e["labels"])
-                    mask[i, :n] = 1
+                batch = collate(examples[b:b + batch_size])
+                ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+                width = ids.shape[1]
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
                 targets = labels[:, 1:].to(device)
                 for s in range(0, width - 1, slice_tokens):

@@ -115,6 +115,8 @@ def exit_quality(model, examples: Sequence[dict], exits: Sequence[int], *, batch
     """
     import torch
 
+    from ..train.loop import collate
+
     mods = mods or exit_modules(model)
     exits = sorted(set(int(n) for n in exits))
     run = sorted(set(exits) | ({mods.num_layers} if kl else set()))
@@ -128,16 +130,8 @@ def exit_quality(model, examples: Sequence[dict], exits: Sequence[int], *, batch
     try:
         with torch.no_grad():
             for b in range(0, len(examples), batch_size):
-                batch = examples[b:b + batch_size]
-                width = max(len(e["input_ids"]) for e in batch)
-                ids = torch.zeros((len(batch), width), dtype=torch.long)
-                labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for i, e in enumerate(batch):
-                    n = len(e["input_ids"])
-                    ids[i, :n] = torch.tensor(e["input_ids"])
-                    labels[i, :n] = torch.tensor(e["labels"])
-                    mask[i, :n] = 1
+                batch = collate(examples[b:b + batch_size])
+                ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
                 hidden = capture_exits(model, mods, run, ids.to(device), mask.to(device))
                 targets = labels[:, 1:].reshape(-1).to(device)
                 keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)

@@ -59,6 +59,8 @@ def width_importance(
     """Score every layer's FFN channels and KV groups of ``model`` on ``sequences`` (see module doc)."""
     import torch
 
+    from ..train.loop import collate
+
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     nh = cfg.num_attention_heads
     nkv = getattr(cfg, "num_key_value_heads", None) or nh
@@ -99,13 +101,8 @@ def width_importance(
         with torch.inference_mode():
             seqs = [list(s) for s in sequences if len(s)]
             for b in range(0, len(seqs), batch_size):
-                batch = seqs[b:b + batch_size]
-                width = max(len(s) for s in batch)
-                ids = torch.zeros((len(batch), width), dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for j, s in enumerate(batch):
-                    ids[j, :len(s)] = torch.tensor(s)
-                    mask[j, :len(s)] = 1
+                batch = collate([{"input_ids": s} for s in seqs[b:b + batch_size]])
+                ids, mask = batch["input_ids"], batch["attention_mask"]
                 state["mask"] = mask.to(device=device, dtype=torch.float64)
                 model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
                 tokens += int(mask.sum())
