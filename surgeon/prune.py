@@ -15,6 +15,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .data.calibration import check_calibration_args
 from .errors import UsageError
 from .io.checkpoint import Checkpoint
 from .options import opt
@@ -53,12 +54,7 @@ class PruneOptions:
         if self.output is None and not self.dry_run:
             raise UsageError("-o/--output is required", "give an output folder, or use --dry-run")
         parse_size(self.max_shard_size, "--max-shard-size")
-        if self.samples < 1:
-            raise UsageError(f"--samples {self.samples} is below 1", "give the number of calibration sequences, e.g. --samples 256")
-        if self.seq_len < 2:
-            raise UsageError(f"--seq-len {self.seq_len} is below 2", "give tokens per sequence, e.g. --seq-len 1024")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size {self.batch_size} is below 1", "give --batch-size 1 or more")
+        check_calibration_args(self.samples, self.seq_len, self.batch_size)
 
 
 @dataclass

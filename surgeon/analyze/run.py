@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CheckpointError, UsageError
+from ..data.calibration import check_calibration_args
+from ..errors import CheckpointError
 from ..options import opt
 from .report import JSON_NAME, PNG_NAME, AnalysisResult, build_result, write_heatmap, write_json
 from .similarity import Progress
@@ -36,12 +37,7 @@ class AnalyzeOptions:
     force: bool = opt(False, "Replace a non-empty output folder that holds other files.")
 
     def __post_init__(self):
-        if self.samples < 1:
-            raise UsageError(f"--samples {self.samples} is below 1", "give the number of calibration sequences, e.g. --samples 256")
-        if self.seq_len < 2:
-            raise UsageError(f"--seq-len {self.seq_len} is below 2", "give tokens per sequence, e.g. --seq-len 1024")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size {self.batch_size} is below 1", "give --batch-size 1 or more")
+        check_calibration_args(self.samples, self.seq_len, self.batch_size)
 
 
 def load_tokenizer(path: Path):

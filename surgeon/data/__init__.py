@@ -23,7 +23,7 @@ quick probe of the hub) with a :class:`~surgeon.errors.DataError` naming the loc
 
 from __future__ import annotations
 
-from .calibration import CalibrationSet, calibration_samples
+from .calibration import CalibrationSet, calibration_samples, check_calibration_args
 from .records import ROLES, hub_offline_reason, iter_records
 from .spec import BUILTIN, HELDOUT_EVERY, DataSpec, parse_data_spec
 from .templates import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, alpaca_prompt, record_text
@@ -31,6 +31,6 @@ from .training import IGNORE_INDEX, instruction_example, training_examples
 
 __all__ = [
     "BUILTIN", "HELDOUT_EVERY", "IGNORE_INDEX", "PROMPT_NO_INPUT", "PROMPT_WITH_INPUT", "ROLES",
-    "CalibrationSet", "DataSpec", "alpaca_prompt", "calibration_samples", "hub_offline_reason",
+    "CalibrationSet", "DataSpec", "alpaca_prompt", "calibration_samples", "check_calibration_args", "hub_offline_reason",
     "instruction_example", "iter_records", "parse_data_spec", "record_text", "training_examples",
 ]

@@ -62,6 +62,17 @@ def _eos_id(tokenizer) -> int:
     return int(eos)
 
 
+def check_calibration_args(samples: int, seq_len: int, batch_size: int = 1) -> None:
+    """The usage checks of ``--samples``/``--seq-len``/``--batch-size``, shared by every command that
+    calibrates, so bad values fail when the options are built, before any model is loaded."""
+    if samples < 1:
+        raise UsageError(f"--samples {samples} is below 1", "give the number of calibration sequences, e.g. --samples 256")
+    if seq_len < 2:
+        raise UsageError(f"--seq-len {seq_len} is below 2", "give tokens per sequence, e.g. --seq-len 1024")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size} is below 1", "give --batch-size 1 or more")
+
+
 def calibration_samples(
     spec: str | DataSpec,
     tokenizer,
@@ -79,10 +90,7 @@ def calibration_samples(
     the data cannot be read or holds no usable document. Fewer usable documents than asked is
     not an error: the set is smaller (logged as a warning; ``requested`` records the ask).
     """
-    if samples < 1:
-        raise UsageError(f"--samples {samples} is below 1", "give the number of calibration sequences, e.g. --samples 256")
-    if seq_len < 2:
-        raise UsageError(f"--seq-len {seq_len} is below 2", "give tokens per sequence, e.g. --seq-len 1024")
+    check_calibration_args(samples, seq_len)
     ds = parse_data_spec(spec)
     out: list[list[int]] = []
     read = skipped = longest = 0

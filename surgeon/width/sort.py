@@ -16,6 +16,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..data.calibration import check_calibration_args
 from ..errors import UsageError
 from ..io.checkpoint import Checkpoint
 from ..options import opt
@@ -44,8 +45,7 @@ class SortWidthOptions:
     def __post_init__(self):
         if self.output is None:
             raise UsageError("-o/--output is required", "give an output folder for the sorted checkpoint")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size {self.batch_size} is below 1", "give 1 or more")
+        check_calibration_args(self.samples, self.seq_len, self.batch_size)
         parse_size(self.max_shard_size, "--max-shard-size")
 
 
