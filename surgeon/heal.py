@@ -32,7 +32,7 @@ from pathlib import Path
 from .errors import UsageError
 from .evaluate import LossResult
 from .options import opt
-from .train.config import ModelSetup, TrainConfig
+from .train.config import RecipeOptions
 from .train.distill import MODES as DISTILL_MODES
 from .units import parse_size
 
@@ -43,7 +43,7 @@ HealProgress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True, kw_only=True)
-class HealSettings:
+class HealSettings(RecipeOptions):
     """The healing knobs, shared by ``surgeon heal`` and ``surgeon prune --heal``."""
 
     eval_data: str | None = opt(None, "Held-out data spec (default: the held-out slice / validation split of the training data).")
@@ -83,17 +83,6 @@ class HealSettings:
             raise UsageError(f"--distill-weight must be >= 0 (got {self.distill_weight})", "use e.g. 1.0")
         if self.save_adapter and self.method != "lora":
             raise UsageError("--save-adapter needs --method lora", "drop --save-adapter, or train LoRA")
-
-    def model_setup(self) -> ModelSetup:
-        targets = tuple(t.strip() for t in self.target_modules.split(",") if t.strip()) if self.target_modules else None
-        if self.target_modules is not None and not targets:
-            raise UsageError("--target-modules is empty", "give module names such as gate_proj,up_proj,down_proj")
-        return ModelSetup(method=self.method, quant=self.quant, rank=self.rank, alpha=self.alpha, dropout=self.dropout,
-                          target_modules=targets, gradient_checkpointing=self.gradient_checkpointing)
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(steps=self.steps, lr=self.lr, warmup=self.warmup, batch_size=self.batch_size,
-                           grad_accum=self.grad_accum, seed=self.seed, save_every=self.save_every)
 
 
 @dataclass(frozen=True, kw_only=True)

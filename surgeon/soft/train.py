@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..options import opt
-from ..train.config import METHODS, QUANTS, ModelSetup, TrainConfig
+from ..train.config import METHODS, QUANTS, RecipeOptions
 from ..units import parse_size
 from ..width.masking import width_mask
 from .exits import exit_name, manifest_exits, parse_exits
@@ -45,7 +45,7 @@ SoftProgress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
-class SoftOptions:
+class SoftOptions(RecipeOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
     output: Path | None = opt(None, "Output checkpoint folder.", flags=("-o", "--output"))
     data: str | None = opt(None, "Training data: alpaca, c4, hf:NAME[:CONFIG][@SPLIT], builtin:sotu, or a local file.")
@@ -109,17 +109,6 @@ class SoftOptions:
         if any(x < 0 for x in w) or sum(w) <= 0:
             raise UsageError("--exit-weights must be non-negative and not all zero", "e.g. --exit-weights 1,1,2")
         return w
-
-    def model_setup(self) -> ModelSetup:
-        targets = tuple(t.strip() for t in self.target_modules.split(",") if t.strip()) if self.target_modules else None
-        if self.target_modules is not None and not targets:
-            raise UsageError("--target-modules is empty", "give module names such as gate_proj,up_proj,down_proj")
-        return ModelSetup(method=self.method, quant=self.quant, rank=self.rank, alpha=self.alpha, dropout=self.dropout,
-                          target_modules=targets, gradient_checkpointing=self.gradient_checkpointing)
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(steps=self.steps, lr=self.lr, warmup=self.warmup, batch_size=self.batch_size,
-                           grad_accum=self.grad_accum, seed=self.seed, save_every=self.save_every)
 
 
 @dataclass

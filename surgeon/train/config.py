@@ -77,3 +77,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class RecipeOptions:
+    """Mixin for command options that carry the shared recipe's fields (``method``, ``quant``,
+    ``rank``, ``alpha``, ``dropout``, ``target_modules``, ``gradient_checkpointing``, ``steps``,
+    ``lr``, ``warmup``, ``batch_size``, ``grad_accum``, ``seed``, ``save_every``): builds the typed
+    settings from them (``heal`` and ``soft`` both use it)."""
+
+    def model_setup(self) -> ModelSetup:
+        targets = tuple(t.strip() for t in self.target_modules.split(",") if t.strip()) if self.target_modules else None
+        if self.target_modules is not None and not targets:
+            raise UsageError("--target-modules is empty", "give module names such as gate_proj,up_proj,down_proj")
+        return ModelSetup(method=self.method, quant=self.quant, rank=self.rank, alpha=self.alpha, dropout=self.dropout,
+                          target_modules=targets, gradient_checkpointing=self.gradient_checkpointing)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(steps=self.steps, lr=self.lr, warmup=self.warmup, batch_size=self.batch_size,
+                           grad_accum=self.grad_accum, seed=self.seed, save_every=self.save_every)
