@@ -14,7 +14,7 @@ from surgeon.io.checkpoint import Checkpoint
 from surgeon.surgery import execute
 from surgeon.surgery.inmemory import keep_layers_in_memory
 from surgeon.width import plan_width, resolve_width
-from surgeon.width.importance import _module, width_importance
+from surgeon.width.importance import width_importance
 from tests.conftest import run_cli
 
 IDS = [[1, 5, 9, 22, 100, 7, 8, 9, 10, 200, 31, 4]]
@@ -44,13 +44,13 @@ def _zero_dropped(model, keep_ffn: dict[int, list[int]], keep_kv: dict[int, list
     nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
     D = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
     r = nh // nkv
-    layers = _module(model, fam.layers)
+    layers = model.get_submodule(fam.layers)
     with torch.no_grad():
         for i, layer in enumerate(layers):
-            down = _module(layer, fam.ffn["down"]).weight
+            down = layer.get_submodule(fam.ffn["down"]).weight
             drop = sorted(set(range(down.shape[1])) - set(keep_ffn[i]))
             down[:, drop] = 0
-            o = _module(layer, fam.attention["o"]).weight
+            o = layer.get_submodule(fam.attention["o"]).weight
             for g in sorted(set(range(nkv)) - set(keep_kv[i])):
                 o[:, g * r * D:(g + 1) * r * D] = 0
     return model

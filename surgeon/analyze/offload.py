@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from ..errors import CheckpointError
 from ..io.checkpoint import Checkpoint
-from .similarity import Batch, Progress, SimilarityAccumulator, SimilarityTable, resolve_module
+from .similarity import Batch, Progress, SimilarityAccumulator, SimilarityTable
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def offloaded_similarity(ckpt: Checkpoint, layers_path: str, batches: Sequence[B
     with init_empty_weights(include_buffers=False):  # buffers (rotary inv_freq) stay real
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
-    layers = resolve_module(model, layers_path)
+    layers = model.get_submodule(layers_path)
     L = len(layers)
     layer_prefix = layers_path + "."
     outside = {n: n for n, _ in model.named_parameters()

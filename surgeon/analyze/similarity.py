@@ -165,13 +165,6 @@ class SimilarityAccumulator:
         return SimilarityTable(self.L, self.samples, self.bi_tokens[0], d.tolist(), bi)
 
 
-def resolve_module(root, path: str):
-    obj = root
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def layer_similarity(model, layers_path: str, batches: Sequence[Batch],
                      progress: Progress | None = None) -> SimilarityTable:
     """One forward pass of a loaded causal LM over ``batches`` with hooks on its decoder layers.
@@ -181,7 +174,7 @@ def layer_similarity(model, layers_path: str, batches: Sequence[Batch],
     """
     import torch
 
-    layers = resolve_module(model, layers_path)
+    layers = model.get_submodule(layers_path)
     acc = SimilarityAccumulator(len(layers))
     current: dict[str, Batch] = {}
 

@@ -11,20 +11,13 @@ from ..arch.registry import resolve_family
 from .config import slice_layers_config
 
 
-def _layers_module(model, family):
-    obj = model
-    for part in family.layers.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def keep_layers_in_memory(model, keep: list[int]):
     """Mutate ``model`` to keep only decoder layers ``keep`` (in that order). Returns the model."""
     import torch
 
     cfg = model.config
     family = resolve_family(cfg.to_dict(), [n for n, _ in model.named_parameters()])
-    layers = _layers_module(model, family)
+    layers = model.get_submodule(family.layers)
     kept = torch.nn.ModuleList([layers[i] for i in keep])
     parent_path, attr = family.layers.rsplit(".", 1)
     parent = model

@@ -43,12 +43,6 @@ class WidthImportance:
         return {i: {"ffn": argsort_desc(f), "kv": argsort_desc(k)} for i, (f, k) in enumerate(zip(self.ffn, self.kv))}
 
 
-def _module(root, dotted: str):
-    for part in dotted.split("."):
-        root = getattr(root, part)
-    return root
-
-
 def width_importance(
     model,
     family: Family,
@@ -66,7 +60,7 @@ def width_importance(
     nkv = getattr(cfg, "num_key_value_heads", None) or nh
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
     r = nh // nkv
-    layers = _module(model, family.layers)
+    layers = model.get_submodule(family.layers)
     L = len(layers)
     ffn_sum = [None] * L
     kv_sum = [torch.zeros(nkv, dtype=torch.float64) for _ in range(L)]
@@ -91,8 +85,8 @@ def width_importance(
 
     handles = []
     for i, layer in enumerate(layers):
-        handles.append(_module(layer, family.ffn["down"]).register_forward_pre_hook(ffn_hook(i)))
-        handles.append(_module(layer, family.attention["o"]).register_forward_pre_hook(attn_hook(i)))
+        handles.append(layer.get_submodule(family.ffn["down"]).register_forward_pre_hook(ffn_hook(i)))
+        handles.append(layer.get_submodule(family.attention["o"]).register_forward_pre_hook(attn_hook(i)))
     device = next(model.parameters()).device
     tokens = 0
     was_training = model.training

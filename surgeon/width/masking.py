@@ -17,12 +17,6 @@ from contextlib import contextmanager
 from ..arch.registry import Family, resolve_family
 
 
-def _module(root, dotted: str):
-    for part in dotted.split("."):
-        root = getattr(root, part)
-    return root
-
-
 def model_family(model) -> Family:
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     return resolve_family(cfg.to_dict(), [n for n, _ in model.named_parameters()])
@@ -52,11 +46,11 @@ def width_mask(model, ffn: int | None = None, kv_heads: int | None = None, famil
 
     handles = []
     try:
-        for layer in _module(base, fam.layers):
+        for layer in base.get_submodule(fam.layers):
             if ffn is not None:
-                handles.append(_module(layer, fam.ffn["down"]).register_forward_pre_hook(cut(ffn)))
+                handles.append(layer.get_submodule(fam.ffn["down"]).register_forward_pre_hook(cut(ffn)))
             if q_cols is not None:
-                handles.append(_module(layer, fam.attention["o"]).register_forward_pre_hook(cut(q_cols)))
+                handles.append(layer.get_submodule(fam.attention["o"]).register_forward_pre_hook(cut(q_cols)))
         yield
     finally:
         for h in handles:
