@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/spec_decode.py                       # SmolLM2-135M-Instruct (imported once)
     .venv/bin/python benchmarks/spec_decode.py --model sorted-smollm2/ --name spec_decode_soft
+    .venv/bin/python benchmarks/spec_decode.py --model sorted/ --dtype bf16 --prompt-data alpaca.json --prompt-start 900 \
+        --draft-vocab 16384 --draft-confidence 0.3      # held-out instructions, cheaper drafts
 
 For each mode, every prompt is generated (greedy, chat template) and tokens/s = new tokens / wall time
 summed over prompts, prefill included; tokens per CPU-second (process time) is reported beside it
@@ -43,11 +45,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", type=Path, help="checkpoint folder (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--draft-exits", default="6,10,15,20,25,28", help="candidate draft exits K")
     ap.add_argument("--early-exit", default=EARLY_EXIT, help="K:THRESHOLD pairs (or manifest thresholds)")
-    ap.add_argument("--prompts", type=int, default=2, help="how many of the built-in prompts")
+    ap.add_argument("--prompts", type=int, default=2, help="how many prompts")
+    ap.add_argument("--prompt-data", type=Path,
+                    help="take the prompts from this Alpaca-style .json/.jsonl (instruction + input) instead of the "
+                         "built-in ones: records --prompt-start.. (keep them out of the exits' training data)")
+    ap.add_argument("--prompt-start", type=int, default=0, help="first record of --prompt-data")
+    ap.add_argument("--draft-vocab", type=int, default=0,
+                    help="also run each draft exit with a draft head over the N most frequent tokens (0: no)")
+    ap.add_argument("--draft-vocab-data", default=None, help="data ranking the draft vocabulary (default: id order)")
+    ap.add_argument("--draft-confidence", type=float, default=0.0,
+                    help="confidence stop for the drafts of the --draft-vocab runs (0: none)")
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"))
+    ap.add_argument("--kernels", default="stock", choices=("stock", "onednn"),
+                    help="linear-layer kernels of every surgeon mode (onednn: prepacked weights); with onednn, plain "
+                         "full greedy on the stock kernels is measured too, as full_stock_kernels")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers' generate references")
     ap.add_argument("--name", default="spec_decode", help="results file name")
     ap.add_argument("--no-project", dest="project", action="store_false",
@@ -64,18 +78,29 @@ def main(argv: list[str] | None = None) -> None:
         from surgeon.demo import ensure_demo_model
 
         args.model = ensure_demo_model()
-    sm = SortedModel.from_pretrained(args.model, dtype=args.dtype)
-    prompts = [sm.encode(p, chat=bool(getattr(sm.tokenizer, "chat_template", None))) for p in PROMPTS[: args.prompts]]
+    sm = SortedModel.from_pretrained(args.model, dtype=args.dtype, kernels=args.kernels)
+    texts = _prompt_texts(args.prompt_data, args.prompt_start, args.prompts) if args.prompt_data else PROMPTS[: args.prompts]
+    prompts = [sm.encode(p, chat=bool(getattr(sm.tokenizer, "chat_template", None))) for p in texts]
     drafts = [int(k) for k in args.draft_exits.split(",") if k.strip()]
     modes: dict[str, dict] = {"full": {}}
     modes.update({f"speculative_k{k}": {"draft_exit": k} for k in drafts})
+    if args.draft_vocab or args.draft_confidence:
+        from surgeon.runtime.generate import draft_texts
+
+        fast: dict = {"draft_confidence": args.draft_confidence}
+        if args.draft_vocab:
+            fast["draft_vocab"] = sm.draft_head(args.draft_vocab, draft_texts(args.draft_vocab_data))
+        modes.update({f"speculative_k{k}_fast": {"draft_exit": k, **fast} for k in drafts})
     modes["early_exit"] = {"early_exit": args.early_exit}
+    if args.kernels != "stock":
+        modes["full_stock_kernels"] = {}
     if not args.no_hf:
         modes["hf_greedy"] = {"backend": "hf"}
         modes[f"hf_assistant_early_exit_k{max(drafts)}"] = {"backend": "hf", "draft_exit": max(drafts)}
     n = args.max_new_tokens
-    for kw in modes.values():  # warm-up: first calls pay one-off costs
-        sm.generate(prompts[0], 3, **kw)
+    for name, kw in modes.items():  # warm-up: first calls pay one-off costs
+        with _kernels_for(sm, name):
+            sm.generate(prompts[0], 3, **kw)
 
     load_before = os.getloadavg()
     rounds: list[dict[str, dict]] = []
@@ -84,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         for p in prompts:  # modes interleaved per prompt: neighbours in time share the machine's load
             for name, kw in modes.items():
                 c0 = time.process_time()
-                r = sm.generate(p, n, **kw)
+                with _kernels_for(sm, name):
+                    r = sm.generate(p, n, **kw)
                 e = rnd[name]
                 e["cpu_seconds"] += time.process_time() - c0
                 e["tokens"] += r.new_tokens
@@ -101,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     out_modes: dict[str, dict] = {}
     for name, kw in modes.items():
         per = [r[name] for r in rounds]
-        entry = {"options": {k: v for k, v in kw.items()},
+        entry = {"options": {k: (len(v) if k == "draft_vocab" else v) for k, v in kw.items()},
                  "tokens_per_s": statistics.median(p["tokens_per_s"] for p in per),
                  "speedup_vs_full": statistics.median(p["tokens_per_s"] / r["full"]["tokens_per_s"]
                                                       for p, r in zip(per, rounds)),
@@ -132,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
                default=None)
     path = write_result(args.name, {
         "model": str(args.model), "num_layers": sm.num_layers, "dtype": str(sm.model.dtype),
+        "kernels": args.kernels, "prompt_source": str(args.prompt_data or "built-in"), "prompt_start": args.prompt_start,
+        "draft_vocab_data": args.draft_vocab_data,
         "torch_threads": torch.get_num_threads(), "prompts": len(prompts), "max_new_tokens": n,
         "rounds": args.rounds, "load_average_before": load_before, "load_average_after": load_after,
         "modes": out_modes, "best_speculative": best, "projection": projection,
@@ -139,6 +167,31 @@ def main(argv: list[str] | None = None) -> None:
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     print(path)
+
+
+def _kernels_for(sm, mode: str):
+    """The stock kernels for the ``full_stock_kernels`` reference, the loaded ones otherwise."""
+    from contextlib import nullcontext
+
+    from surgeon.runtime.kernels import stock_kernels
+
+    return stock_kernels(sm.model) if mode == "full_stock_kernels" else nullcontext()
+
+
+def _prompt_texts(path: Path, start: int, count: int) -> list[str]:
+    """Instructions (plus their input) of records start..start+count-1 of an Alpaca-style file."""
+    from surgeon.data.records import iter_records
+
+    out = []
+    for i, rec in enumerate(iter_records(str(path))):
+        if i >= start:
+            text = rec.get("instruction") or rec.get("text") or ""
+            if (rec.get("input") or "").strip():
+                text += "\n\n" + rec["input"]
+            out.append(text)
+        if len(out) == count:
+            break
+    return out
 
 
 def _median_time(fn, reps: int = 9) -> float:

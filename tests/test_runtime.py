@@ -87,6 +87,113 @@ def test_speculative_sampling_low_temperature_is_greedy_and_seeded(loaded):
     assert all(0 <= t < sm.model.config.vocab_size for t in a.tokens)
 
 
+def test_draft_head_scores_a_vocabulary_subset_like_the_full_head(loaded):
+    """DraftHead logits == the model's own logits restricted to the subset (final norm, head, soft-capping)."""
+    from surgeon.runtime.draft import DraftHead
+    from surgeon.runtime.stack import SharedCache
+
+    sm = loaded("gemma3_text")
+    sm.model.config.final_logit_softcapping = 3.0  # exercise the capping on a model that reads it
+    try:
+        ids = torch.tensor([sm.encode(PROMPT)])
+        pos = torch.arange(ids.shape[1]).unsqueeze(0)
+        sub = torch.tensor([0, 5, 7, 19, 64, 100])
+        head = DraftHead(sm.model, sub[torch.randperm(len(sub))])
+        layers = tuple(range(3))
+        normed = sm.stack.forward(ids, pos, SharedCache(), layers, head=False).normed
+        want = sm.stack.forward(ids, pos, SharedCache(), layers).logits[..., sub]
+        torch.testing.assert_close(head.logits(normed), want, rtol=1e-5, atol=1e-5)
+        assert head.ids.tolist() == sub.tolist() and [head.token(i) for i in range(len(sub))] == sub.tolist()
+        q = torch.softmax(torch.randn(len(sub)), -1)
+        full = head.full_probs(q)
+        assert torch.equal(full[sub], q) and float(full.sum()) == pytest.approx(1.0)
+    finally:
+        sm.model.config.final_logit_softcapping = None
+
+
+def test_rank_vocabulary_frequency_then_id_order(loaded):
+    from surgeon.runtime.draft import rank_vocabulary
+
+    sm = loaded("llama")
+    ids = sm.encode("river river river layer layer model")
+    ranked = rank_vocabulary(sm.model.config.vocab_size, sm.tokenizer, ["river river river layer layer model"])
+    assert sorted(ranked) == list(range(sm.model.config.vocab_size))
+    counts = {t: ids.count(t) for t in set(ids) if t not in sm.tokenizer.all_special_ids}
+    top = ranked[: len(counts)]
+    assert set(top) == set(counts) and [counts[t] for t in top] == sorted(counts.values(), reverse=True)
+    rest = ranked[len(counts):]
+    assert rest == sorted(rest)
+    assert rank_vocabulary(10) == list(range(10))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "phi3"])
+def test_draft_vocab_and_confidence_keep_full_greedy(loaded, family):
+    """A draft head over a subset that misses some of full greedy's tokens, and a confidence stop, only
+    change how much is drafted: the output stays full greedy's, token for token, and sampling stays seeded."""
+    sm = loaded(family)
+    ids = sm.encode(PROMPT)
+    full = sm.generate(ids, N, stop_at_eos=False)
+    base = sm.generate(ids, N, draft_exit=3, stop_at_eos=False)
+    missing = sorted(set(full.tokens))[: max(1, len(set(full.tokens)) // 3)]
+    keep = [t for t in range(sm.model.config.vocab_size) if t not in missing]
+    from surgeon.runtime.draft import DraftHead
+
+    head = DraftHead(sm.model, torch.tensor(keep))
+    sub = sm.generate(ids, N, draft_exit=3, draft_vocab=head, stop_at_eos=False)
+    assert sub.tokens == full.tokens and sub.drafted > 0
+    assert sub.accepted <= base.accepted  # tokens outside the subset can only be rejected
+    conf = sm.generate(ids, N, draft_exit=3, draft_confidence=0.99, stop_at_eos=False)
+    assert conf.tokens == full.tokens and conf.drafted < base.drafted  # tiny random models are never 99% sure
+    both = sm.generate(ids, N, draft_exit=3, draft_vocab=64, draft_confidence=0.2, stop_at_eos=False)
+    assert both.tokens == full.tokens
+    cold = sm.generate(ids, N, draft_exit=3, draft_vocab=head, do_sample=True, temperature=1e-4, seed=1,
+                       stop_at_eos=False)
+    assert cold.tokens == full.tokens
+    a, b = (sm.generate(ids, N, draft_exit=3, draft_vocab=head, do_sample=True, seed=3, stop_at_eos=False)
+            for _ in range(2))
+    assert a.tokens == b.tokens
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
+def test_onednn_kernels_same_model_same_decoding(tiny_models, family):
+    """Prepacked oneDNN linears: logits equal the stock kernels' up to summation order, the module tree and
+    parameters are untouched, speculative decoding still equals full greedy, and unpacking is exact."""
+    from surgeon.runtime.kernels import pack_linears, stock_kernels, unpack_linears
+
+    sm = SortedModel.from_pretrained(tiny_models[family])
+    ids = torch.tensor([sm.encode(PROMPT)])
+    ref = sm.model(ids).logits
+    params = {k: v.clone() for k, v in sm.model.state_dict().items()}
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in sm.model.modules())
+    assert pack_linears(sm.model) == n_linear and pack_linears(sm.model) == 0  # idempotent
+    with torch.no_grad():
+        torch.testing.assert_close(sm.model(ids).logits, ref, rtol=1e-4, atol=1e-4)
+        with stock_kernels(sm.model):
+            assert torch.equal(sm.model(ids).logits, ref)
+    assert all(torch.equal(v, params[k]) for k, v in sm.model.state_dict().items())
+    full = sm.generate(ids[0].tolist(), N, stop_at_eos=False)
+    spec = sm.generate(ids[0].tolist(), N, draft_exit=2, stop_at_eos=False)
+    assert spec.tokens == full.tokens and spec.drafted > 0
+    head = sm.draft_head(40)
+    assert head._packed is not None
+    assert sm.generate(ids[0].tolist(), N, draft_exit=2, draft_vocab=head, stop_at_eos=False).tokens == full.tokens
+    x = torch.randn(1, 3, sm.model.config.hidden_size, requires_grad=True)  # training falls back to the stock kernel
+    lin = sm.model.get_output_embeddings()
+    lin(x).sum().backward()
+    assert x.grad is not None
+    assert unpack_linears(sm.model) == n_linear
+    assert torch.equal(sm.model(ids).logits, ref)
+
+
+def test_onednn_kernels_load_option(tiny_models):
+    sm = SortedModel.from_pretrained(tiny_models["llama"], kernels="onednn")
+    assert any("_surgeon_packed" in m.__dict__ for m in sm.model.modules())
+    with pytest.raises(UsageError, match="unknown kernels"):
+        SortedModel.from_pretrained(tiny_models["llama"], kernels="fast")
+    with pytest.raises(UsageError, match="CPU kernels"):
+        SortedModel.from_pretrained(tiny_models["llama"], kernels="onednn", device="meta")
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma3_text"])
 def test_early_exit_tokens_are_exact_exit_predictions(loaded, family):
     """With mixed exits, every token must be the argmax of the exit it left at, computed from scratch on the
@@ -209,6 +316,12 @@ def test_bad_modes(loaded):
         sm.generate("the", 4, draft_exit=6)
     with pytest.raises(UsageError, match="not a probability"):
         sm.generate("the", 4, early_exit={2: 1.5})
+    with pytest.raises(UsageError, match="draft_exit"):
+        sm.generate("the", 4, draft_vocab=16)
+    with pytest.raises(UsageError, match="outside"):
+        sm.generate("the", 4, draft_exit=3, draft_confidence=1.0)
+    with pytest.raises(UsageError, match="size"):
+        sm.draft_head(0)
 
 
 def test_harness_without_lm_eval_is_a_clear_data_error(tiny_models):
@@ -235,6 +348,19 @@ def test_cli_generate(tiny_models):
     assert d["result"]["tokens"] == d["baseline"]["tokens"] and d["result"]["new_tokens"] <= 10
     r = run_cli("generate", p, "--prompt", PROMPT, "--max-new-tokens", "4", "--early-exit", "2:0.9,4:0.9")
     assert r.exit_code == 0 and "early-exit" in r.stdout and "tokens/s" in r.stdout
+    r = run_cli("generate", p, "--prompt", PROMPT, "--max-new-tokens", "10", "--draft-exit", "3", "--draft-vocab", "50",
+                "--draft-vocab-data", "builtin:sotu", "--draft-confidence", "0.3", "--compare", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["matches_baseline"] is True
+    r = run_cli("generate", p, "--prompt", PROMPT, "--max-new-tokens", "8", "--draft-exit", "3", "--kernels", "onednn",
+                "--compare", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["matches_baseline"] is True
+    for bad, needle in ((["--draft-vocab", "50"], "--draft-exit"), (["--draft-exit", "3", "--draft-vocab", "-1"], "< 0"),
+                        (["--draft-exit", "3", "--draft-vocab-data", "builtin:sotu"], "--draft-vocab N"),
+                        (["--draft-exit", "3", "--draft-confidence", "1.5"], "outside")):
+        r = run_cli("generate", p, "--prompt", PROMPT, *bad)
+        assert r.exit_code == 2 and r.stderr.startswith("error:") and needle in r.stderr, (bad, r.stderr)
     r = run_cli("generate", p, "--prompt", PROMPT, "--exit", "9")
     assert r.exit_code == 2 and r.stderr.startswith("error:")
     r = run_cli("generate", p, "--prompt", PROMPT, "--early-exit", "x")
@@ -252,3 +378,32 @@ def test_smollm2_speculative_and_early_exit_equal_full(smollm2):
         assert spec.tokens == full.tokens, k
         assert spec.drafted > 0
     assert sm.generate(ids, 48, early_exit={10: 1.0, 20: 1.0}).tokens == full.tokens
+
+
+def test_self_distill_data_example_writes_the_models_own_greedy_answers(tiny_models, tmp_path):
+    """examples/self_distill_data.py: each record is the chat prompt + exactly what greedy decoding of the
+    full model answers (the data that teaches draft exits to agree with the verifier)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("sdd", Path(__file__).parent.parent / "examples" / "self_distill_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    src = tmp_path / "instr.json"
+    src.write_text(json.dumps([{"instruction": f"name the river {i}", "input": "" if i % 2 else "model layer"}
+                               for i in range(5)]))
+    out = tmp_path / "self.jsonl"
+    mod.main([str(tiny_models["llama"]), str(src), "-o", str(out), "--start", "1", "--count", "3",
+              "--max-new-tokens", "6", "--batch-size", "2"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["idx"] for r in rows] == [1, 2, 3] and not (tmp_path / "self.jsonl.partial").exists()
+    sm = SortedModel.from_pretrained(tiny_models["llama"])
+    for r in rows:
+        i = r["idx"]
+        user = f"name the river {i}" + ("" if i % 2 else "\n\nmodel layer")
+        prompt = sm.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                                  add_generation_prompt=True)
+        assert r["text"].startswith(prompt) and r["text"].endswith(sm.tokenizer.eos_token)
+        want = sm.generate(sm.encode(user, chat=True), 6, stop_at_eos=True)
+        answer = r["text"][len(prompt): -len(sm.tokenizer.eos_token)]
+        assert answer == sm.tokenizer.decode([t for t in want.tokens if t not in sm.eos_ids()])

@@ -20,6 +20,13 @@ class GenerateOptions:
                                        "model (same output as full greedy).", metavar="K|NAME")
     early_exit: str | None = opt(None, "Confidence early exit: one threshold per manifest prefix exit (0.9,0.9,...) or "
                                        "K:THRESHOLD pairs (8:0.9,16:0.8).", metavar="THRESHOLDS")
+    draft_vocab: int = opt(0, "With --draft-exit: draft over the N most frequent tokens only (a smaller LM head "
+                              "per drafted token; the output is unchanged). 0: the full vocabulary.", metavar="N")
+    draft_vocab_data: str | None = opt(None, "Rank the draft vocabulary by token frequency in this data (same forms as "
+                                             "soft --data; e.g. the exits' training data). Default: id order.",
+                                       metavar="DATA")
+    draft_confidence: float = opt(0.0, "With --draft-exit: end a draft after a token whose draft probability is "
+                                       "below this (0: always draft the adaptive length).", metavar="P")
     max_new_tokens: int = opt(64, "Most tokens to generate.")
     sample: bool = opt(False, "Sample instead of greedy decoding.")
     temperature: float = opt(1.0, "Sampling temperature (with --sample).")
@@ -27,6 +34,9 @@ class GenerateOptions:
     seed: int = opt(0, "Sampling seed (with --sample).")
     chat: bool = opt(False, "Wrap the prompt in the tokenizer's chat template.")
     dtype: str | None = opt(None, "Load the weights in this dtype (default: as stored).", choices=("bf16", "fp16", "fp32"))
+    kernels: str = opt("stock", "CPU kernels for the linear layers: stock (PyTorch's) or onednn (prepacked weights: "
+                                "faster decoding and near-free verification of drafts; the linear layers' memory "
+                                "doubles).", choices=("stock", "onednn"))
     backend: str = opt("surgeon", "surgeon (this runtime) or hf (transformers' generate; --draft-exit maps to "
                                   "assistant_early_exit).", choices=("surgeon", "hf"))
     compare: bool = opt(False, "Also run plain full-model decoding and report the speed-up and whether outputs match.")
@@ -40,6 +50,17 @@ class GenerateOptions:
             raise UsageError(f"--max-new-tokens {self.max_new_tokens} < 1", "ask for at least one token")
         if self.sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
             raise UsageError("--temperature must be > 0 and --top-p in (0, 1]", "fix the sampling options")
+        if (self.draft_vocab or self.draft_vocab_data or self.draft_confidence) and self.draft_exit is None:
+            raise UsageError("--draft-vocab, --draft-vocab-data and --draft-confidence shape speculative drafts",
+                             "add --draft-exit K")
+        if self.draft_vocab < 0:
+            raise UsageError(f"--draft-vocab {self.draft_vocab} < 0", "give a token count, or 0 for the full vocabulary")
+        if self.draft_vocab_data and not self.draft_vocab:
+            raise UsageError("--draft-vocab-data ranks the tokens of --draft-vocab", "add --draft-vocab N")
+        if not 0.0 <= self.draft_confidence < 1.0:
+            raise UsageError(f"--draft-confidence {self.draft_confidence} is outside [0, 1)", "give e.g. 0.3")
+        if self.backend == "hf" and (self.draft_vocab or self.draft_confidence):
+            raise UsageError("--backend hf has no --draft-vocab / --draft-confidence", "use --backend surgeon")
         if self.backend == "hf" and (self.exit is not None or self.early_exit is not None):
             raise UsageError("--backend hf supports the full model and --draft-exit only", "use --backend surgeon")
 
@@ -71,14 +92,35 @@ def generate_text(opts: GenerateOptions) -> GenerateReport:
     """Load ``opts.model`` once and generate as the options say (plus the full-model baseline with --compare)."""
     from .sorted_model import SortedModel
 
-    sm = SortedModel.from_pretrained(opts.model, dtype=opts.dtype)
+    sm = SortedModel.from_pretrained(opts.model, dtype=opts.dtype, kernels=opts.kernels)
     ids = sm.encode(opts.prompt, chat=opts.chat)
     kw = dict(max_new_tokens=opts.max_new_tokens, do_sample=opts.sample, temperature=opts.temperature,
               top_p=opts.top_p, seed=opts.seed)
     mode = dict(exit=opts.exit, draft_exit=opts.draft_exit, early_exit=opts.early_exit, backend=opts.backend)
+    if opts.draft_vocab:
+        mode["draft_vocab"] = sm.draft_head(opts.draft_vocab, draft_texts(opts.draft_vocab_data))
+    if opts.draft_confidence:
+        mode["draft_confidence"] = opts.draft_confidence
     if opts.compare:  # warm both paths up so neither timing carries first-call costs
         sm.generate(ids, **dict(kw, max_new_tokens=2))
         sm.generate(ids, **mode, **dict(kw, max_new_tokens=2))
     r = sm.generate(ids, **mode, **kw)
     base = sm.generate(ids, **kw) if opts.compare else None
     return GenerateReport(str(opts.model), opts.prompt, r, base)
+
+
+def draft_texts(spec: str | None, max_chars: int = 4_000_000) -> list[str] | None:
+    """Texts of a data spec (its training role) for ranking the draft vocabulary; the first ``max_chars``."""
+    if not spec:
+        return None
+    from ..data.records import iter_records
+    from ..data.templates import record_text
+
+    texts, total = [], 0
+    for rec in iter_records(spec, "train"):
+        t = record_text(rec)
+        texts.append(t)
+        total += len(t)
+        if total >= max_chars:
+            break
+    return texts

@@ -7,6 +7,7 @@ a generation, one KV cache (see :mod:`surgeon.runtime.stack`)::
     sm = SortedModel.from_pretrained("sorted/")
     r = sm.generate("The river", max_new_tokens=32, exit=12)          # budget generation
     r = sm.generate("The river", max_new_tokens=32, draft_exit=8)     # self-speculative, == full greedy
+    r = sm.generate("The river", max_new_tokens=32, draft_exit=8, draft_vocab=16384, draft_confidence=0.3)
     r = sm.generate("The river", max_new_tokens=32, early_exit={8: 0.9, 16: 0.8})
     logits = sm.exit_logits(ids, exit=12)                              # [batch, seq, vocab]
 """
@@ -41,10 +42,23 @@ class SortedModel:
         self.stack = Stack(model)
         self.num_layers = self.stack.num_layers
         self.exits = dict(exits or {})
+        self._draft_heads: dict[tuple, Any] = {}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: str | Any | None = None, device: str = "cpu") -> SortedModel:
-        """Load ``path`` (a Hugging Face checkpoint folder) once; ``dtype``: bf16/fp16/fp32 or a torch dtype."""
+    def from_pretrained(cls, path: str | Path, dtype: str | Any | None = None, device: str = "cpu",
+                        kernels: str = "stock") -> SortedModel:
+        """Load ``path`` (a Hugging Face checkpoint folder) once; ``dtype``: bf16/fp16/fp32 or a torch dtype.
+
+        ``kernels="onednn"`` runs the linear layers through oneDNN with prepacked weights on CPU
+        (:mod:`surgeon.runtime.kernels`: faster decoding, near-free multi-token verification, twice the
+        linear layers' memory).
+        """
+        from .kernels import KERNELS
+
+        if kernels not in KERNELS:
+            raise UsageError(f"unknown kernels {kernels!r}", f"give one of {', '.join(KERNELS)}")
+        if kernels != "stock" and device != "cpu":
+            raise UsageError(f"kernels {kernels!r} are CPU kernels", "use --kernels stock on an accelerator")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,6 +80,10 @@ class SortedModel:
             tok = AutoTokenizer.from_pretrained(path)
         except Exception as e:  # noqa: BLE001 - a checkpoint without tokenizer still serves token ids
             log.info("no tokenizer in %s (%s); token ids only", path, e.__class__.__name__)
+        if kernels == "onednn":
+            from .kernels import pack_linears
+
+            pack_linears(model)
         return cls(model, tok, read_manifest_exits(path, ckpt.num_layers), path)
 
     # -- exits -------------------------------------------------------------------------------------
@@ -91,6 +109,20 @@ class SortedModel:
         """
         return self.stack.using(self.layers_of(exit))
 
+    def draft_head(self, n: int, texts: Any = None) -> Any:
+        """A draft head over the ``n`` most frequent tokens of ``texts`` (then id order) plus the special tokens.
+
+        Built once per ``(n, texts)`` object; see :mod:`surgeon.runtime.draft`.
+        """
+        from .draft import DraftHead
+
+        key = (int(n), id(texts))
+        cached = self._draft_heads.get(key)
+        if cached is None:
+            keep = set(self.eos_ids()) | set(getattr(self.tokenizer, "all_special_ids", None) or [])
+            cached = self._draft_heads[key] = DraftHead.top(self.model, int(n), self.tokenizer, texts, keep)
+        return cached
+
     # -- text --------------------------------------------------------------------------------------
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
         """Token ids of ``prompt`` (through the chat template with ``chat=True``)."""
@@ -115,13 +147,17 @@ class SortedModel:
     def generate(self, input_ids: Any, max_new_tokens: int = 64, exit: int | str | None = None,
                  draft_exit: int | str | None = None, early_exit: list[float] | dict | str | None = None,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-                 backend: str = "surgeon", stop_at_eos: bool = True) -> GenerationResult:
+                 backend: str = "surgeon", stop_at_eos: bool = True, draft_vocab: int | Any = None,
+                 draft_confidence: float = 0.0) -> GenerationResult:
         """Generate up to ``max_new_tokens`` after ``input_ids`` (ids, a [1, n] tensor, or text).
 
         One of: ``exit`` (a sub-model), ``draft_exit`` (self-speculative decoding, the full model's
         output), ``early_exit`` (thresholds: a list for the manifest's prefix exits, or
         ``{exit: threshold}``), or none (the full model). ``backend="hf"`` runs transformers'
         ``generate`` instead (``assistant_early_exit=draft_exit`` for speculative), for comparison.
+        With ``draft_exit``: ``draft_vocab`` (a size, or a :meth:`draft_head`) drafts over the most frequent
+        tokens only, ``draft_confidence`` ends a draft after a token the draft is less sure of; neither
+        changes the output.
         """
         import torch
 
@@ -131,6 +167,10 @@ class SortedModel:
 
         if sum(x is not None for x in (exit, draft_exit, early_exit)) > 1:
             raise UsageError("exit, draft_exit and early_exit are different decoding modes", "give at most one")
+        if (draft_vocab or draft_confidence) and draft_exit is None:
+            raise UsageError("draft_vocab and draft_confidence shape self-speculative drafts", "give draft_exit too")
+        if not 0.0 <= draft_confidence < 1.0:
+            raise UsageError(f"draft confidence {draft_confidence} is outside [0, 1)", "give e.g. 0.3, or 0 to draft fully")
         if max_new_tokens < 1:
             raise UsageError(f"max_new_tokens {max_new_tokens} < 1", "ask for at least one token")
         if do_sample and (temperature <= 0 or not 0 < top_p <= 1):
@@ -156,7 +196,9 @@ class SortedModel:
                                  "self-speculative decoding reuses the draft's KV cache, so it needs layers 0..K-1")
             if k >= self.num_layers:
                 raise UsageError(f"draft exit {draft_exit!r} is the full model", f"give K < {self.num_layers}")
-            res = speculative_generate(self.stack, ids, max_new_tokens, k, sampler, eos)
+            head = self.draft_head(draft_vocab) if isinstance(draft_vocab, int) and draft_vocab > 0 else draft_vocab
+            res = speculative_generate(self.stack, ids, max_new_tokens, k, sampler, eos, draft_head=head or None,
+                                       confidence=draft_confidence)
         elif early_exit is not None:
             plan = early_exit_plan(early_exit, self.num_layers, self.exits)
             res = early_exit_generate(self.stack, ids, max_new_tokens, plan, sampler, eos)

@@ -22,6 +22,10 @@ accepted one, at position ``n``) not yet run:
 Draft length adapts like transformers' assisted generation (and the thesis, app. D.0.1): start at 4,
 ``+2`` after a fully accepted draft, ``-1`` (at least 1) after a rejection.
 
+Two options make drafts cheaper without changing the output: a draft head over the most frequent
+tokens only (:mod:`surgeon.runtime.draft`), and a confidence stop that ends a draft after a token the
+draft itself is unsure of (the next ones would most likely be rejected anyway).
+
 Only prefix drafts reuse the cache: a draft exit that is not layers ``0..K-1`` computes different K/V.
 Greedy output equals plain full-model greedy decoding token for token, up to floating-point
 differences between one batched pass and single-token passes over layers K..L-1 (none seen in tests).
@@ -34,6 +38,7 @@ import time
 
 import torch
 
+from .draft import DraftHead
 from .result import GenerationResult
 from .sampling import Sampler
 from .stack import SharedCache, Stack
@@ -45,11 +50,19 @@ INITIAL_DRAFT = 4  # thesis app. D.0.1 and transformers' default num_assistant_t
 
 def speculative_generate(stack: Stack, input_ids: torch.Tensor, max_new_tokens: int, draft_exit: int,
                          sampler: Sampler, eos: set[int], initial_draft: int = INITIAL_DRAFT,
-                         max_draft: int = 16) -> GenerationResult:
-    """Generate with ``draft_exit`` (a layer count K < L) drafting for the full model. ``input_ids``: [1, n]."""
+                         max_draft: int = 16, draft_head: DraftHead | None = None,
+                         confidence: float = 0.0) -> GenerationResult:
+    """Generate with ``draft_exit`` (a layer count K < L) drafting for the full model. ``input_ids``: [1, n].
+
+    ``draft_head``: score drafts over a vocabulary subset (:class:`~surgeon.runtime.draft.DraftHead`)
+    instead of the full LM head. ``confidence``: stop a draft early after a token whose draft probability
+    is below it (transformers' ``assistant_confidence_threshold``); 0 drafts the full length.
+    """
     L = stack.num_layers
     if not 1 <= draft_exit < L:
         raise ValueError(f"draft exit {draft_exit} must be in 1..{L - 1}")
+    if not 0.0 <= confidence < 1.0:
+        raise ValueError(f"draft confidence {confidence} must be in [0, 1)")
     full = tuple(range(L))
     draft_layers, rest = tuple(range(draft_exit)), tuple(range(draft_exit, L))
     t0 = time.perf_counter()
@@ -75,17 +88,24 @@ def speculative_generate(stack: Stack, input_ids: torch.Tensor, max_new_tokens: 
         # 1. draft
         hidden, drafts, q_rows, cur = [], [], [], x
         for i in range(g):
-            o = step(cur, n + i, draft_layers, keep_hidden=True, logits_to_keep=1)
+            if draft_head is None:
+                o = step(cur, n + i, draft_layers, keep_hidden=True, logits_to_keep=1)
+                row = o.logits[0, -1]
+            else:
+                o = step(cur, n + i, draft_layers, head=False, keep_hidden=True)
+                row = draft_head.logits(o.normed[0, -1:])[0]
             hidden.append(o.hidden)
-            row = o.logits[0, -1]
             if sampler.do_sample:
                 q = sampler.probs(row)
-                q_rows.append(q)
-                cur = sampler.sample(q)
+                j = sampler.sample(q)
+                q_rows.append(q if draft_head is None else draft_head.full_probs(q))
+                p_draft = float(q[j])
             else:
-                cur = int(torch.argmax(row))
+                j = int(torch.argmax(row))
+                p_draft = float(torch.softmax(row.float(), dim=-1)[j]) if confidence else 1.0
+            cur = j if draft_head is None else draft_head.token(j)
             drafts.append(cur)
-            if cur in eos:
+            if cur in eos or p_draft < confidence:
                 break
         g = len(drafts)
         hidden.append(step(cur, n + g, draft_layers, head=False, keep_hidden=True).hidden)

@@ -105,6 +105,7 @@ class StepOutput:
 
     logits: torch.Tensor | None  # [1, q or logits_to_keep, vocab] when head=True
     hidden: torch.Tensor | None  # pre-norm residual after the segment's last layer, [1, q, d] (keep_hidden)
+    normed: torch.Tensor | None = None  # final-norm output, [1, q, d] (head=False): what an LM head reads
 
 
 class Stack:
@@ -172,7 +173,8 @@ class Stack:
 
         ``start``/``start_hidden``: begin at depth ``start`` from the saved residual stream ``start_hidden``
         ([1, q, d]); every layer in ``layers`` must then be ``>= start``. ``head``: apply final norm + LM head
-        (the model's own, with soft-capping) to the last ``logits_to_keep`` positions (0 = all).
+        (the model's own, with soft-capping) to the last ``logits_to_keep`` positions (0 = all); without
+        it, ``normed`` holds the final norm's output for every position (for a draft head of one's own).
         ``keep_hidden``: also return the pre-norm residual after the last layer run.
         """
         if not layers:
@@ -187,7 +189,7 @@ class Stack:
         target = self.model if head else self.inner
         if full:  # the stock model, untouched
             out = target(**kwargs)
-            return StepOutput(out.logits if head else None, None)
+            return StepOutput(out.logits, None) if head else StepOutput(None, None, out.last_hidden_state)
         if start is not None:
             if start_hidden is None or start < 1 or layers[0] < start:
                 raise ValueError("start needs start_hidden, start >= 1 and layers >= start")
@@ -204,4 +206,6 @@ class Stack:
         if keep_hidden:
             cap = self._captures[layers[-1]]
             hidden, cap.output = cap.output, None
-        return StepOutput(out.logits if head else None, hidden)
+        if head:
+            return StepOutput(out.logits, hidden)
+        return StepOutput(None, hidden, out.last_hidden_state)
