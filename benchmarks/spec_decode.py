@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
                          token_agreement_with_full=same / max(1, sum(len(f) for f in full_out)),
                          mean_exit_depth=sum(int(d) * c for d, c in counts.items()) / max(1, sum(counts.values())))
         out_modes[name] = entry
-    projection = _projection(sm, prompts[0], drafts) if args.project else None
+    head = modes.get(f"speculative_k{drafts[0]}_fast", {}).get("draft_vocab") if drafts else None
+    projection = _projection(sm, prompts[0], drafts, head) if args.project else None
     best = max((m for m in out_modes if m.startswith("speculative")), key=lambda m: out_modes[m]["speedup_vs_full"],
                default=None)
     path = write_result(args.name, {
@@ -211,13 +212,15 @@ def _verify(st, ids_v, pos, cache, k: int, L: int, hidden, n: int):
     return run
 
 
-def _projection(sm, ids: list[int], drafts: list[int], gamma: int = 4) -> dict:
+def _projection(sm, ids: list[int], drafts: list[int], head=None, gamma: int = 4) -> dict:
     """Measured step times -> the speed-up speculative decoding would reach at a given acceptance rate.
 
     Per cycle with draft length g: g draft steps (K layers + head, one token), one K-layer step without
     head (the last draft), one verify pass (layers K..L-1 over g+1 positions + head). With i.i.d.
     acceptance a, a cycle yields (1 - a^(g+1)) / (1 - a) tokens (Leviathan et al. 2023, eq. 1). A
-    projection from timings, not a generation: it says what a SoFT-trained model's acceptance would buy.
+    projection from timings, not a generation: it says what a SoFT-trained model's acceptance would buy,
+    and ``acceptance_for_1.3x`` the i.i.d. acceptance rate at which it reaches 1.3x. With ``head`` (a
+    draft head over a vocabulary subset) the draft steps are timed with it as well (``*_draft_vocab``).
     """
     import torch
 
@@ -241,6 +244,23 @@ def _projection(sm, ids: list[int], drafts: list[int], gamma: int = 4) -> dict:
     cache = prefilled()
     t_full = _median_time(one(cache, tuple(range(L)), logits_to_keep=1))
     out: dict = {"draft_length": gamma, "full_step_cpu_s": t_full, "exits": {}}
+    # one full-model pass over gamma+1 positions vs one position, on the loaded and on the stock kernels
+    pos = torch.arange(n, n + gamma + 1).unsqueeze(0)
+    multi = torch.tensor([ids[-1:] * (gamma + 1)])
+
+    def full_multi(c):
+        def run():
+            st.forward(multi, pos, c, tuple(range(L)))
+            c.truncate(n)
+        return run
+    out["full_pass_positions"] = gamma + 1
+    out["full_pass_cpu_s"] = _median_time(full_multi(cache))
+    if any("_surgeon_packed" in m.__dict__ for m in sm.model.modules()):
+        from surgeon.runtime.kernels import stock_kernels
+
+        with stock_kernels(sm.model):
+            out["stock_kernels"] = {"full_step_cpu_s": _median_time(one(cache, tuple(range(L)), logits_to_keep=1)),
+                                    "full_pass_cpu_s": _median_time(full_multi(cache))}
     for k in drafts:
         t_draft = _median_time(one(cache, tuple(range(k)), keep_hidden=True, logits_to_keep=1))
         t_nohead = _median_time(one(cache, tuple(range(k)), head=False, keep_hidden=True))
@@ -248,12 +268,30 @@ def _projection(sm, ids: list[int], drafts: list[int], gamma: int = 4) -> dict:
         pos = torch.arange(n, n + gamma + 1).unsqueeze(0)
         ids_v = torch.tensor([ids[-1:] * (gamma + 1)])
         t_verify = _median_time(_verify(st, ids_v, pos, prefilled(), k, L, h, n))
-        cycle = gamma * t_draft + t_nohead + t_verify
-        out["exits"][str(k)] = {
-            "draft_step_cpu_s": t_draft, "draft_step_no_head_cpu_s": t_nohead, "verify_pass_cpu_s": t_verify,
-            "projected_speedup": {str(a): ((1 - a ** (gamma + 1)) / (1 - a)) * t_full / cycle
-                                  for a in (0.3, 0.5, 0.7, 0.8, 0.9)}}
+        e = out["exits"][str(k)] = {"draft_step_no_head_cpu_s": t_nohead, "verify_pass_cpu_s": t_verify}
+        variants = {"": t_draft}
+        if head is not None:
+            variants["_draft_vocab"] = _median_time(_head_step(st, head, cache, k, ids[-1], n))
+        for suffix, td in variants.items():
+            cycle = gamma * td + t_nohead + t_verify
+            speed = {a: ((1 - a ** (gamma + 1)) / (1 - a)) * t_full / cycle for a in _RATES}
+            e["draft_step_cpu_s" + suffix] = td
+            e["projected_speedup" + suffix] = {str(a): v for a, v in speed.items()}
+            e["acceptance_for_1.3x" + suffix] = next((a for a in _RATES if speed[a] >= 1.3), None)
     return out
+
+
+_RATES = tuple(round(0.05 * i, 2) for i in range(2, 20))  # 0.1 .. 0.95
+
+
+def _head_step(st, head, cache, k: int, tok: int, n: int):
+    import torch
+
+    def run():
+        o = st.forward(torch.tensor([[tok]]), torch.tensor([[n]]), cache, tuple(range(k)), head=False, keep_hidden=True)
+        head.logits(o.normed[0, -1:])
+        cache.truncate(n)
+    return run
 
 
 if __name__ == "__main__":
