@@ -28,7 +28,8 @@ draft itself is unsure of (the next ones would most likely be rejected anyway).
 
 Only prefix drafts reuse the cache: a draft exit that is not layers ``0..K-1`` computes different K/V.
 Greedy output equals plain full-model greedy decoding token for token, up to floating-point
-differences between one batched pass and single-token passes over layers K..L-1 (none seen in tests).
+differences between one batched pass and single-token passes over layers K..L-1: none seen in fp32;
+in bf16, oneDNN rounds multi-row products differently and near-tie tokens do change (see the README).
 """
 
 from __future__ import annotations
