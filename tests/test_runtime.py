@@ -407,3 +407,18 @@ def test_self_distill_data_example_writes_the_models_own_greedy_answers(tiny_mod
         want = sm.generate(sm.encode(user, chat=True), 6, stop_at_eos=True)
         answer = r["text"][len(prompt): -len(sm.tokenizer.eos_token)]
         assert answer == sm.tokenizer.decode([t for t in want.tokens if t not in sm.eos_ids()])
+
+
+@pytest.mark.slow
+def test_smollm2_onednn_kernels_and_cheap_drafts_equal_full(smollm2):
+    """On the real model: oneDNN kernels keep full greedy's tokens, and speculative decoding with a reduced
+    draft vocabulary and a confidence stop still equals full greedy on those kernels."""
+    stock = SortedModel.from_pretrained(smollm2)
+    sm = SortedModel.from_pretrained(smollm2, kernels="onednn")
+    ids = sm.encode("List three tips for learning a new language.", chat=True)
+    full = sm.generate(ids, 48)
+    assert full.tokens == stock.generate(ids, 48).tokens
+    for k in (10, 20):
+        spec = sm.generate(ids, 48, draft_exit=k, draft_vocab=8192, draft_confidence=0.3)
+        assert spec.tokens == full.tokens, k
+        assert spec.drafted > 0
