@@ -138,7 +138,7 @@ def test_checkpointed_path_for_wrapped_heads_matches_naive(tiny_models):
     model.zero_grad()
     loss, _ = SortedLoss([3, 6], chunk_tokens=16)(model, batch)
     loss.backward()
-    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
     _assert_close_grads(_grads(model), g_ref)
 
 
@@ -169,7 +169,7 @@ def test_stochastic_loss_samples_one_exit_per_micro_batch_reproducibly(tiny_mode
         assert metrics == metrics2
         n = int(metrics["sampled_exit"])
         picks.append(n)
-        assert float(loss) == pytest.approx(float(naive_exit_losses(model, batch, [n])[0]), rel=1e-5)
+        assert float(loss.detach()) == pytest.approx(float(naive_exit_losses(model, batch, [n])[0].detach()), rel=1e-5)
     assert len(set(picks)) > 1  # 12 draws from 3 exits: all equal has probability 3^-11
     # weights bias the sampler
     heavy = [int(SortedLoss([2, 6], "stochastic", [0.0, 1.0], seed=s)(model, {**batch, "step": 0, "micro": 0})[1]
