@@ -158,7 +158,7 @@ def test_draft_vocab_and_confidence_keep_full_greedy(loaded, family):
 def test_onednn_kernels_same_model_same_decoding(tiny_models, family):
     """Prepacked oneDNN linears: logits equal the stock kernels' up to summation order, the module tree and
     parameters are untouched, speculative decoding still equals full greedy, and unpacking is exact."""
-    from surgeon.runtime.kernels import pack_linears, stock_kernels, unpack_linears
+    from surgeon.runtime.kernels import is_packed, pack_linears, stock_kernels, unpack_linears
 
     sm = SortedModel.from_pretrained(tiny_models[family])
     ids = torch.tensor([sm.encode(PROMPT)])
@@ -175,7 +175,7 @@ def test_onednn_kernels_same_model_same_decoding(tiny_models, family):
     spec = sm.generate(ids[0].tolist(), N, draft_exit=2, stop_at_eos=False)
     assert spec.tokens == full.tokens and spec.drafted > 0
     head = sm.draft_head(40)
-    assert head._packed is not None
+    assert is_packed(head.linear)
     assert sm.generate(ids[0].tolist(), N, draft_exit=2, draft_vocab=head, stop_at_eos=False).tokens == full.tokens
     x = torch.randn(1, 3, sm.model.config.hidden_size, requires_grad=True)  # training falls back to the stock kernel
     lin = sm.model.get_output_embeddings()
@@ -186,8 +186,10 @@ def test_onednn_kernels_same_model_same_decoding(tiny_models, family):
 
 
 def test_onednn_kernels_load_option(tiny_models):
+    from surgeon.runtime.kernels import is_packed
+
     sm = SortedModel.from_pretrained(tiny_models["llama"], kernels="onednn")
-    assert any("_surgeon_packed" in m.__dict__ for m in sm.model.modules())
+    assert any(is_packed(m) for m in sm.model.modules())
     with pytest.raises(UsageError, match="unknown kernels"):
         SortedModel.from_pretrained(tiny_models["llama"], kernels="fast")
     with pytest.raises(UsageError, match="CPU kernels"):

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 import torch
 
 from ..errors import UsageError
+from .kernels import is_packed, pack_linears
 
 
 def rank_vocabulary(vocab_size: int, tokenizer=None, texts: Iterable[str] | None = None) -> list[int]:
@@ -39,7 +40,11 @@ def rank_vocabulary(vocab_size: int, tokenizer=None, texts: Iterable[str] | None
 
 
 class DraftHead:
-    """Final norm's output -> logits over a token subset; ``token(logits)`` maps back to vocabulary ids."""
+    """Final norm's output -> logits over a token subset; ``token(index)`` maps back to vocabulary ids.
+
+    The subset's rows form an ``nn.Linear`` of their own; when the model runs oneDNN kernels
+    (:mod:`surgeon.runtime.kernels`), it is packed the same way.
+    """
 
     def __init__(self, model, ids: torch.Tensor):
         head = model.get_output_embeddings()
@@ -52,14 +57,15 @@ class DraftHead:
             raise UsageError(f"draft vocabulary ids must be in 0..{vocab - 1}", "give ids of this model's vocabulary")
         self.vocab_size = vocab
         self.ids = ids.to(head.weight.device)
+        bias = getattr(head, "bias", None)
+        self.linear = torch.nn.Linear(head.weight.shape[1], len(self.ids), bias=bias is not None, device="meta")
         with torch.no_grad():
-            self.weight = head.weight.index_select(0, self.ids).contiguous()
-            bias = getattr(head, "bias", None)
-            self.bias = None if bias is None else bias.index_select(0, self.ids).contiguous()
+            self.linear.weight = torch.nn.Parameter(head.weight.index_select(0, self.ids), requires_grad=False)
+            if bias is not None:
+                self.linear.bias = torch.nn.Parameter(bias.index_select(0, self.ids), requires_grad=False)
+        if is_packed(head):
+            pack_linears(self.linear, batch_hint=1)
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
-        self._packed = None
-        if "_surgeon_packed" in head.__dict__:  # the model runs oneDNN kernels (runtime.kernels): so does the draft
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, 1)
 
     @classmethod
     def top(cls, model, n: int, tokenizer=None, texts: Iterable[str] | None = None, keep: Iterable[int] = ()) -> DraftHead:
@@ -75,10 +81,7 @@ class DraftHead:
 
     def logits(self, normed: torch.Tensor) -> torch.Tensor:
         """``normed``: final-norm output [..., hidden] -> [..., len(self)] logits (soft-capped like the model)."""
-        if self._packed is not None and normed.dtype == self.weight.dtype and normed.dim() >= 2:
-            out = torch.ops.mkldnn._linear_pointwise(normed, self._packed, self.bias, "none", [], "")
-        else:
-            out = torch.nn.functional.linear(normed, self.weight, self.bias)
+        out = self.linear(normed)
         if self.softcap:
             out = torch.tanh(out / self.softcap) * self.softcap
         return out

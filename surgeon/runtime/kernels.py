@@ -11,8 +11,9 @@ faster, 5 positions for 1.21x the time of one; ``benchmarks/spec_decode.py --ker
 
 :func:`pack_linears` swaps the kernel only; the model, its modules and its parameters stay as they
 are (the packed weights are an extra copy of every linear weight: 538 MB for SmolLM2-135M in fp32,
-its layers' 425 MB plus the 113 MB LM head, which is tied to the embedding), and :func:`unpack_linears` puts the stock kernels back. Results differ from
-the stock kernels only by floating-point summation order (about 1e-4 on SmolLM2's logits in fp32).
+its layers' 425 MB plus the 113 MB LM head, which is tied to the embedding), and
+:func:`unpack_linears` puts the stock kernels back. Results differ from the stock kernels only by
+floating-point summation order (about 1e-4 on SmolLM2's logits in fp32).
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, self._surgeon_packed, self.bias, "none", [], "")
 
 
+def is_packed(mod: nn.Module) -> bool:
+    """Whether :func:`pack_linears` gave ``mod`` a prepacked weight."""
+    return "_surgeon_packed" in mod.__dict__
+
+
+def _packed_modules(model: nn.Module) -> list[nn.Linear]:
+    return [m for m in model.modules() if isinstance(m, nn.Linear) and is_packed(m)]
+
+
 def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
@@ -54,7 +64,7 @@ def pack_linears(model: nn.Module, batch_hint: int = 8) -> int:
     n = 0
     with torch.no_grad():
         for mod in model.modules():
-            if not isinstance(mod, nn.Linear) or "_surgeon_packed" in mod.__dict__:
+            if not isinstance(mod, nn.Linear) or is_packed(mod):
                 continue
             w = mod.weight
             if w.device.type != "cpu" or w.dtype not in _PACKABLE:
@@ -69,19 +79,17 @@ def pack_linears(model: nn.Module, batch_hint: int = 8) -> int:
 
 def unpack_linears(model: nn.Module) -> int:
     """Undo :func:`pack_linears`: stock kernels, packed copies freed. Returns how many layers were restored."""
-    n = 0
-    for mod in model.modules():
-        if isinstance(mod, nn.Linear) and "_surgeon_packed" in mod.__dict__:
-            for attr in ("_surgeon_packed", "_surgeon_packed_dtype", "forward"):
-                mod.__dict__.pop(attr, None)
-            n += 1
-    return n
+    mods = _packed_modules(model)
+    for mod in mods:
+        for attr in ("_surgeon_packed", "_surgeon_packed_dtype", "forward"):
+            mod.__dict__.pop(attr, None)
+    return len(mods)
 
 
 @contextmanager
 def stock_kernels(model: nn.Module):
     """Inside the block, packed layers run PyTorch's own kernel again (the packed copies are kept)."""
-    swapped = [m for m in model.modules() if isinstance(m, nn.Linear) and "_surgeon_packed" in m.__dict__]
+    swapped = _packed_modules(model)
     for m in swapped:
         del m.__dict__["forward"]
     try:
