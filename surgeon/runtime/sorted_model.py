@@ -42,7 +42,7 @@ class SortedModel:
         self.stack = Stack(model)
         self.num_layers = self.stack.num_layers
         self.exits = dict(exits or {})
-        self._draft_heads: dict[tuple, Any] = {}
+        self._draft_heads: dict[int, Any] = {}  # id-order draft heads by size
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: str | Any | None = None, device: str = "cpu",
@@ -112,16 +112,18 @@ class SortedModel:
     def draft_head(self, n: int, texts: Any = None) -> Any:
         """A draft head over the ``n`` most frequent tokens of ``texts`` (then id order) plus the special tokens.
 
-        Built once per ``(n, texts)`` object; see :mod:`surgeon.runtime.draft`.
+        Ranked by id order alone (no ``texts``) it is built once per ``n``; ranked by ``texts`` it is built
+        anew, so keep the returned head and pass it as ``draft_vocab``. See :mod:`surgeon.runtime.draft`.
         """
         from .draft import DraftHead
 
-        key = (int(n), id(texts))
-        cached = self._draft_heads.get(key)
-        if cached is None:
-            keep = set(self.eos_ids()) | set(getattr(self.tokenizer, "all_special_ids", None) or [])
-            cached = self._draft_heads[key] = DraftHead.top(self.model, int(n), self.tokenizer, texts, keep)
-        return cached
+        if texts is None and int(n) in self._draft_heads:
+            return self._draft_heads[int(n)]
+        keep = set(self.eos_ids()) | set(getattr(self.tokenizer, "all_special_ids", None) or [])
+        head = DraftHead.top(self.model, int(n), self.tokenizer, texts, keep)
+        if texts is None:
+            self._draft_heads[int(n)] = head
+        return head
 
     # -- text --------------------------------------------------------------------------------------
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
@@ -196,8 +198,8 @@ class SortedModel:
                                  "self-speculative decoding reuses the draft's KV cache, so it needs layers 0..K-1")
             if k >= self.num_layers:
                 raise UsageError(f"draft exit {draft_exit!r} is the full model", f"give K < {self.num_layers}")
-            head = self.draft_head(draft_vocab) if isinstance(draft_vocab, int) and draft_vocab > 0 else draft_vocab
-            res = speculative_generate(self.stack, ids, max_new_tokens, k, sampler, eos, draft_head=head or None,
+            head = (self.draft_head(draft_vocab) if draft_vocab else None) if isinstance(draft_vocab, int) else draft_vocab
+            res = speculative_generate(self.stack, ids, max_new_tokens, k, sampler, eos, draft_head=head,
                                        confidence=draft_confidence)
         elif early_exit is not None:
             plan = early_exit_plan(early_exit, self.num_layers, self.exits)
