@@ -32,27 +32,20 @@ def hit():
     count += 1
     if count == n:
         os.kill(os.getpid(), signal.SIGKILL)
-if mode == "tensor":
-    real = ex.copy_range
-    def copy_range(*args, **kw):
+def arm(owner, name):  # owner.name counts its calls and kills the process at the n-th
+    real = getattr(owner, name)
+    def wrapped(*args, **kw):
         hit(); return real(*args, **kw)
-    ex.copy_range = copy_range
+    setattr(owner, name, wrapped)
+if mode == "tensor":
+    arm(ex, "copy_range")
 elif mode == "rename":
-    real_rename = os.rename
-    def rename(*args, **kw):
-        hit(); return real_rename(*args, **kw)
-    a.os.rename = rename
+    arm(a.os, "rename")
 elif mode == "replace":
-    real_replace = os.replace
-    def replace(*args, **kw):
-        hit(); return real_replace(*args, **kw)
-    os.replace = replace
+    arm(os, "replace")
 elif mode == "header":
     import surgeon.manifest.store as store
-    real_update = store.update_header_metadata
-    def update(*args, **kw):
-        hit(); return real_update(*args, **kw)
-    store.update_header_metadata = update
+    arm(store, "update_header_metadata")
 from surgeon.cli import main
 main(sys.argv[3:], prog_name="surgeon")
 """
