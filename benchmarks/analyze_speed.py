@@ -40,8 +40,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from surgeon.analyze.similarity import layer_similarity, make_batches
+    from surgeon.commands.demo import ensure_demo_model
     from surgeon.data import calibration_samples
-    from surgeon.demo import ensure_demo_model
 
     path = ensure_demo_model()
     tok = AutoTokenizer.from_pretrained(path)

@@ -43,10 +43,13 @@ def main() -> None:
 
     import torch
 
-    from surgeon.demo import ensure_demo_model
-    from surgeon.evaluate import heldout_loss
-    from surgeon.heal import HealOptions, _examples, heal
-    from surgeon.prune import PruneOptions, prune
+    from surgeon.commands.demo import ensure_demo_model
+    from surgeon.commands.heal import HealOptions
+    from surgeon.commands.heal import run as heal
+    from surgeon.commands.prune import PruneOptions
+    from surgeon.commands.prune import run as prune
+    from surgeon.data import training_examples
+    from surgeon.eval import heldout_loss
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = ensure_demo_model()
@@ -59,7 +62,7 @@ def main() -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(model))
-        eval_ex = _examples(args.data, tok, args.seq_len, "eval", args.eval_samples, 0, shuffle=False)
+        eval_ex = list(training_examples(args.data, tok, seq_len=args.seq_len, role="eval", max_examples=args.eval_samples))
         full = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32)
         unpruned = heldout_loss(full, eval_ex).loss
         del full

@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     if args.model is None:
-        from surgeon.demo import ensure_demo_model
+        from surgeon.commands.demo import ensure_demo_model
 
         args.model = ensure_demo_model()
     path = prepare(args.model, args.work, [int(x) for x in args.depths.split(",")], args.shard_mb * 10**6)

@@ -40,10 +40,11 @@ def main() -> None:
 
     from surgeon.analyze import JSON_NAME, compute_analysis
     from surgeon.analyze.report import write_json
+    from surgeon.commands.demo import ensure_demo_model
+    from surgeon.commands.prune import PruneOptions
+    from surgeon.commands.prune import run as prune
     from surgeon.data import training_examples
-    from surgeon.demo import ensure_demo_model
-    from surgeon.evaluate import heldout_loss
-    from surgeon.prune import PruneOptions, prune
+    from surgeon.eval import heldout_loss
 
     path = ensure_demo_model()
     tok = AutoTokenizer.from_pretrained(path)

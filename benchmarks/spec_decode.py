@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model is None:
-        from surgeon.demo import ensure_demo_model
+        from surgeon.commands.demo import ensure_demo_model
 
         args.model = ensure_demo_model()
     sm = SortedModel.from_pretrained(args.model, dtype=args.dtype, kernels=args.kernels)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     modes: dict[str, dict] = {"full": {}}
     modes.update({f"speculative_k{k}": {"draft_exit": k} for k in drafts})
     if args.draft_vocab or args.draft_confidence:
-        from surgeon.runtime.generate import draft_texts
+        from surgeon.commands.generate import draft_texts
 
         fast: dict = {"draft_confidence": args.draft_confidence}
         if args.draft_vocab:

@@ -23,11 +23,13 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from surgeon.commands.demo import ensure_demo_model
+    from surgeon.commands.extract import ExtractOptions
+    from surgeon.commands.extract import run as extract
+    from surgeon.commands.sort_width import SortWidthOptions
+    from surgeon.commands.sort_width import run as sort_width
     from surgeon.data import calibration_samples
-    from surgeon.demo import ensure_demo_model
-    from surgeon.evaluate import heldout_loss
-    from surgeon.extract import ExtractOptions, extract
-    from surgeon.width.sort import SortWidthOptions, sort_width
+    from surgeon.eval import heldout_loss
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path)

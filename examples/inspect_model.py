@@ -5,7 +5,7 @@
 
 import sys
 
-from surgeon.inspection import inspect_checkpoint
+from surgeon.commands.inspect import inspect_checkpoint
 
 report = inspect_checkpoint(sys.argv[1])
 print(f"{report.architecture}: {report.num_layers} layers, {report.num_parameters:,} parameters")

@@ -1,9 +1,17 @@
-"""Typed command options declared once: a frozen dataclass per command, click flags generated from it.
+"""Typed command options declared once: frozen dataclasses, click flags generated from them.
 
 Each field carries its help text (``opt(default, "help")``); :func:`click_options` turns the
-fields into click options, and the command builds the dataclass from what click parsed, so the
-dataclass's ``__post_init__`` is the one place for cross-field checks. Library callers build the
-same dataclass directly.
+fields into click options, and the command builds the dataclass from what click parsed
+(:func:`build`), so a dataclass's ``__post_init__`` is the one place for cross-field checks.
+Library callers build the same dataclasses directly.
+
+Option groups shared by several commands are declared here once, as ``kw_only`` frozen
+dataclasses a command's options inherit: :class:`OutputOptions` (``-o``, ``--dtype``,
+``--max-shard-size``, ``--force``), :class:`CalibrationOptions` (``--data``, ``--samples``,
+``--seq-len``, ``--pack``, ``--batch-size``) and :class:`RecipeOptions` (the training recipe of
+heal and soft). A command that needs another default for a group's field redeclares it with
+:func:`with_default`, which keeps the group's help text. Each group has a ``check_*`` method the
+command's ``__post_init__`` calls.
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from .errors import UsageError
+from .units import FLOAT_CHOICES, parse_size
 
 _MISSING = dataclasses.MISSING
 
@@ -27,6 +38,15 @@ def opt(default: Any = _MISSING, help: str = "", *, flags: tuple[str, ...] | Non
     return dataclasses.field(default=default, metadata=md)
 
 
+def with_default(group: type, name: str, default: Any, help: str | None = None):
+    """Redeclare the field ``name`` of option group ``group`` with another default (same flags/help)."""
+    fld = next(f for f in dataclasses.fields(group) if f.name == name)
+    md = dict(fld.metadata)
+    if help is not None:
+        md["help"] = help
+    return dataclasses.field(default=default, metadata=md)
+
+
 def _base_type(tp: Any) -> tuple[Any, bool]:
     """Strip Optional[...]; return (type, optional)."""
     origin = typing.get_origin(tp)
@@ -36,8 +56,12 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def click_options(cls: type) -> Any:
-    """Decorator: add one click option per field of the dataclass ``cls`` (``cli=True`` fields)."""
+def click_options(cls: type, prefix: str | None = None) -> Any:
+    """Decorator: one click option per ``cli=True`` field of the dataclass ``cls``.
+
+    With ``prefix`` every flag is renamed ``--PREFIX-NAME`` (and the parameter ``PREFIX_NAME``), so a
+    command can carry another command's options without clashing (``prune --heal-steps``).
+    """
     hints = typing.get_type_hints(cls)
 
     def deco(f):
@@ -46,8 +70,9 @@ def click_options(cls: type) -> Any:
             if not md.get("cli", False):
                 continue
             tp, _ = _base_type(hints[fld.name])
-            name = fld.name.replace("_", "-")
-            flags = list(md.get("flags") or [f"--{name}"])
+            dest = f"{prefix}_{fld.name}" if prefix else fld.name
+            name = dest.replace("_", "-")
+            flags = list(md.get("flags") or [f"--{name}"]) if not prefix else [f"--{name}"]
             default = fld.default if fld.default is not _MISSING else (
                 fld.default_factory() if fld.default_factory is not _MISSING else None)
             kw: dict[str, Any] = {"help": md["help"], "show_default": default not in (None, False, "")}
@@ -67,13 +92,126 @@ def click_options(cls: type) -> Any:
                 kw["default"] = default
                 if md.get("metavar"):
                     kw["metavar"] = md["metavar"]
-            f = click.option(*flags, fld.name, **kw)(f)
+            f = click.option(*flags, dest, **kw)(f)
         return f
 
     return deco
 
 
-def build(cls: type, **kwargs: Any) -> Any:
-    """Build ``cls`` from click's parsed values (ignores keys the dataclass does not declare)."""
+def build(cls: type, prefix: str | None = None, **kwargs: Any) -> Any:
+    """Build ``cls`` from click's parsed values (ignores keys the dataclass does not declare).
+
+    With ``prefix`` the values are taken from ``PREFIX_NAME`` keys (see :func:`click_options`).
+    """
     names = {f.name for f in dataclasses.fields(cls)}
+    if prefix:
+        p = f"{prefix}_"
+        kwargs = {k[len(p):]: v for k, v in kwargs.items() if k.startswith(p)}
     return cls(**{k: v for k, v in kwargs.items() if k in names})
+
+
+def field_values(obj: Any, group: type) -> dict[str, Any]:
+    """The values of ``group``'s fields on ``obj`` (to build one options object from another)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(group)}
+
+
+def as_record(obj: Any) -> dict[str, Any]:
+    """``asdict`` with paths as strings: how options are recorded in provenance."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(obj).items()}
+
+
+# ------------------------------------------------------------------------------------ shared groups
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OutputOptions:
+    """Where and how a command writes its checkpoint."""
+
+    output: Path | None = opt(None, "Output checkpoint folder.", flags=("-o", "--output"))
+    dtype: str | None = opt(None, "Convert floating weights to this dtype while streaming (default: keep the "
+                                  "source's).", choices=FLOAT_CHOICES)
+    max_shard_size: str = opt("5GB", "Largest output shard.")
+    force: bool = opt(False, "Replace a non-empty output folder.")
+
+    def check_output(self, what: str = "checkpoint", dry_run: bool = False) -> None:
+        if self.output is None and not dry_run:
+            raise UsageError("-o/--output is required",
+                             "give an output folder, or use --dry-run" if what == "plan"
+                             else f"give an output folder for the {what}")
+        parse_size(self.max_shard_size, "--max-shard-size")
+
+    @property
+    def max_shard_bytes(self) -> int:
+        return parse_size(self.max_shard_size, "--max-shard-size")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CalibrationOptions:
+    """The calibration data a forward-only measurement (analysis, width importance) runs on."""
+
+    data: str = opt("c4", "Calibration data: c4, hf:NAME[:CONFIG][@SPLIT], builtin:sotu, or a "
+                          ".txt/.jsonl/.json/.parquet file.")
+    samples: int = opt(256, "Number of calibration sequences (the first usable documents in file order).")
+    seq_len: int = opt(1024, "Tokens per sequence; shorter documents are skipped unless --pack.")
+    pack: bool = opt(False, "Concatenate documents (EOS between) and cut the stream into --seq-len chunks.")
+    batch_size: int = opt(8, "Sequences per forward pass.")
+
+    def check_calibration(self) -> None:
+        from .data.calibration import check_calibration_args
+
+        check_calibration_args(self.samples, self.seq_len, self.batch_size)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RecipeOptions:
+    """The training recipe shared by ``heal`` and ``soft`` (the pruning paper's QLoRA defaults)."""
+
+    method: str = opt("lora", "lora: adapters on a frozen base; full: train every weight.", choices=("lora", "full"))
+    quant: str | None = opt(None, "nf4: 4-bit NF4 frozen base (QLoRA); none: float base. Default: nf4 with LoRA, "
+                                  "none with --method full.", choices=("nf4", "none"))
+    rank: int = opt(8, "LoRA rank (the pruning paper used 2-64; low ranks generalize better).")
+    alpha: float | None = opt(None, "LoRA alpha (default: the rank, as in the paper).")
+    dropout: float = opt(0.05, "LoRA dropout.")
+    target_modules: str | None = opt(None, "Comma-separated LoRA target module names (default: the family's FFN "
+                                           "projections).")
+    steps: int = opt(1000, "Optimizer steps (the pruning paper: 5000 x 16 sequences).")
+    lr: float = opt(3e-4, "Peak learning rate (the pruning paper: 3e-4 for QLoRA; Sorted LLaMA fully fine-tuned "
+                          "with 2e-5).")
+    warmup: int = opt(100, "Warm-up steps (capped at 10% of --steps), then cosine decay.")
+    batch_size: int = opt(4, "Sequences per micro-batch and process.")
+    grad_accum: int = opt(1, "Micro-batches per optimizer step.")
+    seq_len: int = opt(1024, "Tokens per training and evaluation sequence (the pruning paper: 2048).")
+    seed: int = opt(0, "Seed for the data order, LoRA initialization, dropout and any sampling.")
+    eval_data: str | None = opt(None, "Held-out data spec (default: the held-out slice / validation split of the "
+                                      "training data).")
+    eval_samples: int = opt(32, "Held-out sequences measured before and after training (0: skip).")
+    eval_batch_size: int = opt(4, "Sequences per evaluation batch.")
+    save_every: int = opt(100, "Write a resumable checkpoint every N steps (0: never).")
+    checkpoint_dir: Path | None = opt(None, "Checkpoint folder (default: OUT.checkpoints, removed after success).")
+    resume: bool = opt(False, "Continue an interrupted run from its last checkpoint (same options and data).")
+    gradient_checkpointing: bool = opt(False, "Recompute activations in backward (less memory, ~30% slower).")
+
+    def check_recipe(self) -> None:
+        """Resolve the default ``quant`` and validate every recipe field (builds the typed settings)."""
+        if self.quant is None:
+            object.__setattr__(self, "quant", "none" if self.method == "full" else "nf4")
+        self.model_setup()
+        self.train_config()
+        if self.seq_len < 2:
+            raise UsageError(f"--seq-len must be at least 2 (got {self.seq_len})", "use e.g. --seq-len 1024")
+        if self.eval_samples < 0 or self.eval_batch_size < 1:
+            raise UsageError("--eval-samples must be >= 0 and --eval-batch-size >= 1", "use e.g. --eval-samples 32")
+
+    def model_setup(self):
+        from .train.config import ModelSetup
+
+        targets = tuple(t.strip() for t in self.target_modules.split(",") if t.strip()) if self.target_modules else None
+        if self.target_modules is not None and not targets:
+            raise UsageError("--target-modules is empty", "give module names such as gate_proj,up_proj,down_proj")
+        return ModelSetup(method=self.method, quant=self.quant or ("none" if self.method == "full" else "nf4"),
+                          rank=self.rank, alpha=self.alpha, dropout=self.dropout, target_modules=targets,
+                          gradient_checkpointing=self.gradient_checkpointing)
+
+    def train_config(self):
+        from .train.config import TrainConfig
+
+        return TrainConfig(steps=self.steps, lr=self.lr, warmup=self.warmup, batch_size=self.batch_size,
+                           grad_accum=self.grad_accum, seed=self.seed, save_every=self.save_every)

@@ -1,7 +1,9 @@
-"""Tiny, deterministic checkpoints of several families, for tests, examples and benchmarks.
+"""Tiny, deterministic checkpoints of several families, and the helpers tests share.
 
 ``make_tiny_checkpoint("llama", path)`` writes a complete Hugging Face folder (config, safetensors,
 a small byte-level BPE tokenizer with a chat template) built offline in well under a second.
+:func:`load_model`, :func:`logits`, :func:`copy_checkpoint`, :func:`edit_config` and
+:func:`tree_digest` are the ground-truth helpers the tests compare surgeon's outputs with.
 """
 
 from __future__ import annotations
@@ -114,3 +116,53 @@ def make_tiny_checkpoint(
     model.save_pretrained(path, **kwargs)
     tok.save_pretrained(path)
     return path
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def load_model(path, dtype: str = "fp32"):
+    """A checkpoint folder loaded by stock transformers (float32 by default), in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    from .units import torch_dtype
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype)).eval()
+
+
+def logits(model, ids):
+    """``model``'s logits for ``ids`` (a list of token-id lists, or a tensor), without autograd."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.as_tensor(ids)).logits
+
+
+def copy_checkpoint(src, dst) -> Path:
+    """A copy of the folder ``src`` at ``dst`` (returned)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    return Path(dst)
+
+
+def edit_config(folder, **changes) -> Path:
+    """Update keys of ``folder/config.json`` in place (returns the folder)."""
+    import json
+
+    p = Path(folder) / "config.json"
+    cfg = json.loads(p.read_text())
+    cfg.update(changes)
+    p.write_text(json.dumps(cfg))
+    return Path(folder)
+
+
+def tree_digest(folder) -> str:
+    """sha256 over every file's relative path and bytes: equal digests = an untouched folder."""
+    import hashlib
+
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()

@@ -32,3 +32,50 @@ def parse_count(text: str | int | float, what: str = "count") -> int:
     if not m or m.group(2).upper() not in _COUNT:
         raise UsageError(f"cannot read {what} {text!r}", "use a number like 1.5e9 or 135M")
     return int(float(m.group(1)) * _COUNT[m.group(2).upper()])
+
+
+# --------------------------------------------------------------------------------------------- dtypes
+# The one dtype table: safetensors code (what headers hold) -> (bytes per element, torch dtype name).
+DTYPE_TABLE = {
+    "BOOL": (1, "bool"), "U8": (1, "uint8"), "I8": (1, "int8"),
+    "F8_E4M3": (1, "float8_e4m3fn"), "F8_E5M2": (1, "float8_e5m2"), "F8_E8M0": (1, "float8_e8m0fnu"),
+    "I16": (2, "int16"), "U16": (2, "uint16"), "F16": (2, "float16"), "BF16": (2, "bfloat16"),
+    "I32": (4, "int32"), "U32": (4, "uint32"), "F32": (4, "float32"),
+    "I64": (8, "int64"), "U64": (8, "uint64"), "F64": (8, "float64"),
+}
+FLOAT_CODES = frozenset({"F64", "F32", "F16", "BF16"})
+FLOAT_CHOICES = ("bf16", "fp16", "fp32")  # what every --dtype option accepts
+_ALIASES = {
+    "fp32": "F32", "float32": "F32", "f32": "F32", "float": "F32",
+    "bf16": "BF16", "bfloat16": "BF16",
+    "fp16": "F16", "float16": "F16", "f16": "F16", "half": "F16",
+    "fp64": "F64", "float64": "F64", "f64": "F64", "double": "F64",
+}
+_BY_TORCH_NAME = {torch_name: code for code, (_, torch_name) in DTYPE_TABLE.items()}
+
+
+def dtype_code(dtype) -> str:
+    """The safetensors code of a dtype given as a user name (``bf16``), a code (``BF16``), a torch
+    name (``bfloat16``, ``torch.bfloat16``) or a ``torch.dtype``. Raises UsageError when unknown."""
+    key = str(dtype).removeprefix("torch.")
+    code = _ALIASES.get(key.lower()) or (key.upper() if key.upper() in DTYPE_TABLE else _BY_TORCH_NAME.get(key))
+    if code is None:
+        raise UsageError(f"unknown dtype {dtype!r}", "use bf16, fp16 or fp32")
+    return code
+
+
+def dtype_bytes(dtype) -> int:
+    """Bytes per element (``dtype``: anything :func:`dtype_code` reads)."""
+    return DTYPE_TABLE[dtype_code(dtype)][0]
+
+
+def torch_name(dtype) -> str:
+    """``"bfloat16"`` for ``bf16`` / ``BF16`` / ``torch.bfloat16`` ..."""
+    return DTYPE_TABLE[dtype_code(dtype)][1]
+
+
+def torch_dtype(dtype):
+    """The ``torch.dtype`` (imports torch); a ``torch.dtype`` passes through."""
+    import torch
+
+    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, torch_name(dtype))

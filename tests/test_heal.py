@@ -215,7 +215,7 @@ def test_merged_output_matches_peft_logits(tiny_models, examples, tmp_path, fami
     import torch
     from transformers import AutoModelForCausalLM
 
-    from surgeon.merge import save_merged
+    from surgeon.commands.output import save_merged
     from surgeon.train import train
 
     src = tiny_models[family]
@@ -269,7 +269,8 @@ def test_heal_nf4_cli_merges_into_original_float_weights(tiny_models, text_file,
 
 
 def test_heal_full_method(tiny_models, text_file, tmp_path):
-    from surgeon.heal import HealOptions, heal
+    from surgeon.commands.heal import HealOptions
+    from surgeon.commands.heal import run as heal
 
     r = heal(HealOptions(model=tiny_models["qwen3"], output=tmp_path / "o", data=str(text_file), method="full",
                          quant="none", steps=8, lr=3e-3, warmup=1, seq_len=SEQ, eval_samples=4, save_every=0))
@@ -336,8 +337,10 @@ def test_accelerate_launch(tiny_models, text_file, tmp_path, mode, processes):
 
 @pytest.mark.slow
 def test_smollm2_prune_heal_lowers_heldout_loss(smollm2, tmp_path):
-    from surgeon.heal import HealOptions, heal
-    from surgeon.prune import PruneOptions, prune
+    from surgeon.commands.heal import HealOptions
+    from surgeon.commands.heal import run as heal
+    from surgeon.commands.prune import PruneOptions
+    from surgeon.commands.prune import run as prune
 
     # A CI-sized run (the 100-step acceptance figure is benchmarks/heal_smollm2.py): the deepest-but-last
     # block wrecks SmolLM2 (~20 nats), so a short heal must recover a lot of it.

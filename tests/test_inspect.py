@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from surgeon.inspection import inspect_checkpoint
+from surgeon.commands.inspect import inspect_checkpoint
 from tests.conftest import run_cli
 
 
@@ -51,7 +51,7 @@ def test_inspect_table_renders(tiny_models):
 
 
 def test_help_is_fast_and_imports_no_torch():
-    code = "import sys, time; t=time.time(); from surgeon.cli import main; import surgeon.cli.inspect, surgeon.cli.demo, surgeon.cli.gguf; print('torch' in sys.modules)"
+    code = "import sys, time; t=time.time(); from surgeon.cli import main; import surgeon.cli.inspect, surgeon.cli.demo, surgeon.cli.import_gguf; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     t = time.time()

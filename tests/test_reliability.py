@@ -215,7 +215,7 @@ def test_kill9_during_manifest_in_place(tiny_models, tiny_sharded, tmp_path, mod
         mode = "replace"  # a sharded checkpoint keeps its copy in the index, written with os.replace
     rc = _run_killed(mode, n, ["manifest", out, "--exits", "2,4", "--in-place", "--no-verify"])
     assert rc == -9
-    from surgeon.manifest.command import recover_in_place
+    from surgeon.manifest.stamp import recover_in_place
 
     assert recover_in_place(out)  # what the next in-place run does first
     assert _snapshot(out) == previous

@@ -16,13 +16,7 @@ PROMPT = "the river model layer prune of the"
 N = 28  # new tokens: prompt (8) + N exceeds the tiny sliding windows (16, 32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine OpenMP spin-waiting makes them slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +218,8 @@ def test_early_exit_tokens_are_exact_exit_predictions(loaded, family):
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text", "qwen2"])
 def test_exit_generation_equals_extracted_model(tiny_models, loaded, tmp_path, family):
-    from surgeon.extract import ExtractOptions, extract
+    from surgeon.commands.extract import ExtractOptions
+    from surgeon.commands.extract import run as extract
 
     out = tmp_path / "k3"
     extract(ExtractOptions(model=tiny_models[family], output=out, depth=3))
@@ -245,7 +240,8 @@ def _with_manifest(src, dst, exits):
 
 
 def test_manifest_exit_names(tiny_models, tmp_path):
-    from surgeon.extract import ExtractOptions, extract
+    from surgeon.commands.extract import ExtractOptions
+    from surgeon.commands.extract import run as extract
 
     path = _with_manifest(tiny_models["llama"], tmp_path / "m", [
         {"name": "e3", "layers": [0, 1, 2]}, {"name": "skip", "layers": [0, 1, 4, 5]},
@@ -264,7 +260,7 @@ def test_manifest_exit_names(tiny_models, tmp_path):
     assert sm.generate(ids, 16, exit="skip", stop_at_eos=False).tokens == _hf_greedy(skip, ids, 16)
     with pytest.raises(UsageError, match="prefix"):
         sm.generate(ids, 4, draft_exit="skip")
-    with pytest.raises(UsageError, match="unknown exit"):
+    with pytest.raises(UsageError, match="no exit named 'narrow'"):
         sm.generate(ids, 4, exit="narrow")
     # a list of thresholds maps onto the manifest's intermediate prefix exits (here: e3)
     ee = sm.generate(ids, 8, early_exit=[1.0], stop_at_eos=False)
@@ -276,12 +272,12 @@ def test_manifest_exit_names(tiny_models, tmp_path):
 def test_real_manifest_exits(tiny_models, tmp_path):
     """Exits of a manifest written (and validated) by surgeon.manifest resolve by name; a list of
     thresholds maps onto its intermediate prefix exits."""
-    from surgeon.manifest.build import exit_spec
-    from surgeon.manifest.command import stamp
+    from surgeon.exits import ExitSpec
+    from surgeon.manifest.stamp import stamp
 
     path = tmp_path / "stamped"
     shutil.copytree(tiny_models["qwen3"], path)
-    stamp(path, exits=[exit_spec(range(2)), exit_spec(range(4)), exit_spec(range(6))], verify=False)
+    stamp(path, exits=[ExitSpec(None, list(range(k))).to_dict() for k in (2, 4, 6)], verify=False)
     sm = SortedModel.from_pretrained(path)
     assert sm.exits == {"depth-2": (0, 1), "depth-4": (0, 1, 2, 3), "depth-6": tuple(range(6))}
     ids = sm.encode(PROMPT)
@@ -333,7 +329,7 @@ def test_harness_without_lm_eval_is_a_clear_data_error(tiny_models):
         pytest.skip("lm_eval is installed here")
     except ImportError:
         pass
-    from surgeon.runtime.harness import run_tasks
+    from surgeon.eval.harness import run_tasks
 
     with pytest.raises(DataError, match="lm-evaluation-harness"):
         run_tasks(tiny_models["llama"], [None, 3], ["hellaswag"], limit=2)
@@ -380,35 +376,6 @@ def test_smollm2_speculative_and_early_exit_equal_full(smollm2):
         assert spec.tokens == full.tokens, k
         assert spec.drafted > 0
     assert sm.generate(ids, 48, early_exit={10: 1.0, 20: 1.0}).tokens == full.tokens
-
-
-def test_self_distill_data_example_writes_the_models_own_greedy_answers(tiny_models, tmp_path):
-    """examples/self_distill_data.py: each record is the chat prompt + exactly what greedy decoding of the
-    full model answers (the data that teaches draft exits to agree with the verifier)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("sdd", Path(__file__).parent.parent / "examples" / "self_distill_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    src = tmp_path / "instr.json"
-    src.write_text(json.dumps([{"instruction": f"name the river {i}", "input": "" if i % 2 else "model layer"}
-                               for i in range(5)]))
-    out = tmp_path / "self.jsonl"
-    mod.main([str(tiny_models["llama"]), str(src), "-o", str(out), "--start", "1", "--count", "3",
-              "--max-new-tokens", "6", "--batch-size", "2"])
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["idx"] for r in rows] == [1, 2, 3] and not (tmp_path / "self.jsonl.partial").exists()
-    sm = SortedModel.from_pretrained(tiny_models["llama"])
-    for r in rows:
-        i = r["idx"]
-        user = f"name the river {i}" + ("" if i % 2 else "\n\nmodel layer")
-        prompt = sm.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                                  add_generation_prompt=True)
-        assert r["text"].startswith(prompt) and r["text"].endswith(sm.tokenizer.eos_token)
-        want = sm.generate(sm.encode(user, chat=True), 6, stop_at_eos=True)
-        answer = r["text"][len(prompt): -len(sm.tokenizer.eos_token)]
-        assert answer == sm.tokenizer.decode([t for t in want.tokens if t not in sm.eos_ids()])
 
 
 @pytest.mark.slow

@@ -8,21 +8,12 @@ from pathlib import Path
 import pytest
 
 from surgeon.errors import UsageError
-from surgeon.soft.exits import default_exits, manifest_exits, parse_exits
+from surgeon.exits import default_exits, exit_name, parse_depths
+from surgeon.testing import load_model
 
 from .conftest import run_cli
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP
-    spinning made one tiny step ~50x slower (5.5 s vs 0.07 s measured)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 # ---------------------------------------------------------------------------------------- exits
 
@@ -36,11 +27,11 @@ def test_default_exits_spread_from_a_quarter_to_the_top():
         assert ex[-1] == n and list(ex) == sorted(set(ex)) and ex[0] >= 1
 
 
-def test_parse_exits_accepts_strings_and_sequences():
-    assert parse_exits("10, 15,30", 30) == (10, 15, 30)
-    assert parse_exits([2, 4], 6) == (2, 4)
-    assert parse_exits(None, 6) == default_exits(6)
-    assert parse_exits("6", 6) == (6,)  # plain SFT
+def test_parse_depths_accepts_strings_and_sequences():
+    assert parse_depths("10, 15,30", 30) == (10, 15, 30)
+    assert parse_depths([2, 4], 6) == (2, 4)
+    assert parse_depths(None, 6) == default_exits(6)
+    assert parse_depths("6", 6) == (6,)  # plain SFT
 
 
 @pytest.mark.parametrize("spec,words", [
@@ -52,23 +43,16 @@ def test_parse_exits_accepts_strings_and_sequences():
     ("2,,4", "empty item"),
     ("-1,4", "keeps no layer"),
 ])
-def test_parse_exits_errors_name_the_problem(spec, words):
+def test_parse_depths_errors_name_the_problem(spec, words):
     with pytest.raises(UsageError, match=words):
-        parse_exits(spec, 6)
+        parse_depths(spec, 6)
 
 
-def test_manifest_exits_are_prefixes():
-    assert manifest_exits([2, 3]) == [{"name": "depth-2", "layers": [0, 1]}, {"name": "depth-3", "layers": [0, 1, 2]}]
+def test_prefix_exits_are_named_depth_k():
+    assert [exit_name(n) for n in (2, 3)] == ["depth-2", "depth-3"]
 
 
 # ---------------------------------------------------------------------------------------- loss
-
-
-def _load(path):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
 def _batch(seed=0, vocab=500):
@@ -99,7 +83,7 @@ def _assert_close_grads(a, b, rtol=1e-4):
 def test_chunked_loss_equals_naive_loss_and_gradients(tiny_models, family):
     from surgeon.soft.losses import SortedLoss, naive_exit_losses
 
-    model = _load(tiny_models[family])
+    model = load_model(tiny_models[family])
     batch = _batch()
     exits = [2, 4, 6]
     weights = [1.0, 2.0, 3.0]
@@ -126,7 +110,7 @@ def test_checkpointed_path_for_wrapped_heads_matches_naive(tiny_models):
     class WrappedLinear(torch.nn.Linear):
         pass
 
-    model = _load(tiny_models["llama"])
+    model = load_model(tiny_models["llama"])
     old = model.lm_head
     model.lm_head = WrappedLinear(old.in_features, old.out_features, bias=False)
     model.lm_head.weight = old.weight
@@ -143,9 +127,9 @@ def test_checkpointed_path_for_wrapped_heads_matches_naive(tiny_models):
 
 
 def test_exit_below_L_stops_the_forward_pass_early(tiny_models):
-    from surgeon.soft.heads import capture_exits, exit_modules
+    from surgeon.eval.capture import capture_exits, exit_modules
 
-    model = _load(tiny_models["llama"])
+    model = load_model(tiny_models["llama"])
     mods = exit_modules(model)
     ran = []
     hooks = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(mods.layers)]
@@ -159,7 +143,7 @@ def test_exit_below_L_stops_the_forward_pass_early(tiny_models):
 def test_stochastic_loss_samples_one_exit_per_micro_batch_reproducibly(tiny_models):
     from surgeon.soft.losses import SortedLoss, naive_exit_losses
 
-    model = _load(tiny_models["llama"])
+    model = load_model(tiny_models["llama"])
     batch = _batch()
     picks = []
     for step in range(12):
@@ -184,7 +168,7 @@ def test_chunked_loss_keeps_no_logits_for_backward(tiny_models):
 
     from surgeon.soft.losses import SortedLoss, naive_exit_losses
 
-    model = _load(tiny_models["llama"])
+    model = load_model(tiny_models["llama"])
     vocab = model.config.vocab_size
     head_storage = model.lm_head.weight.untyped_storage().data_ptr()
     ids = torch.randint(3, 500, (4, 64), generator=torch.Generator().manual_seed(0))
@@ -216,13 +200,12 @@ def test_chunked_loss_keeps_no_logits_for_backward(tiny_models):
 
 
 def test_exit_quality_of_the_full_exit_is_the_model_loss(tiny_models):
-    from surgeon.evaluate import heldout_loss
-    from surgeon.soft.evaluate import exit_quality
+    from surgeon.eval import heldout_loss, measure_exits
 
-    model = _load(tiny_models["gemma2"])
+    model = load_model(tiny_models["gemma2"])
     b = _batch(2)
     examples = [{"input_ids": b["input_ids"][i].tolist(), "labels": b["labels"][i].tolist()} for i in range(2)]
-    q, tokens = exit_quality(model, examples, [3, 6], batch_size=1, chunk_tokens=5)
+    q, tokens = measure_exits(model, examples, [3, 6], batch_size=1, chunk_tokens=5)
     ref = heldout_loss(model, examples)
     assert tokens == ref.tokens
     assert q[1].loss == pytest.approx(ref.loss, rel=1e-5)
@@ -257,7 +240,8 @@ def text_data(tmp_path_factory) -> Path:
 
 
 def _run(model, data, out, exits, **kw):
-    from surgeon.soft.train import SoftOptions, soft
+    from surgeon.commands.soft import SoftOptions
+    from surgeon.commands.soft import run as soft
 
     opts = dict(model=Path(model), data=str(data), exits=exits, method="full", quant="none", steps=40, lr=3e-3,
                 warmup=2, seq_len=64, batch_size=8, eval_samples=0, save_every=0, output=out)
@@ -269,7 +253,7 @@ def test_soft_beats_sft_on_intermediate_exits_and_keeps_the_final_exit(tiny_mode
     """Same steps and data: SoFT's intermediate exits reach a clearly lower held-out loss than
     SFT's (read through the shared norm and head); SoFT's final exit is within 10% of SFT's."""
     from surgeon.data import training_examples
-    from surgeon.soft.evaluate import exit_quality
+    from surgeon.eval import measure_exits
 
     src = tiny_models["llama"]
     sft = _run(src, text_data, tmp_path / "sft", "6")
@@ -279,8 +263,8 @@ def test_soft_beats_sft_on_intermediate_exits_and_keeps_the_final_exit(tiny_mode
 
     tok = AutoTokenizer.from_pretrained(src)
     held = list(training_examples(str(text_data), tok, seq_len=64, role="eval", max_examples=24))
-    q_sft = {q.exit: q.loss for q in exit_quality(_load(tmp_path / "sft"), held, [2, 4, 6], kl=False)[0]}
-    q_srt = {q.exit: q.loss for q in exit_quality(_load(tmp_path / "soft"), held, [2, 4, 6], kl=False)[0]}
+    q_sft = {q.exit: q.loss for q in measure_exits(load_model(tmp_path / "sft"), held, [2, 4, 6], kl=False)[0]}
+    q_srt = {q.exit: q.loss for q in measure_exits(load_model(tmp_path / "soft"), held, [2, 4, 6], kl=False)[0]}
     assert q_srt[2] < q_sft[2] - 0.1, (q_srt, q_sft)
     assert q_srt[4] < q_sft[4], (q_srt, q_sft)
     assert q_srt[6] <= 1.10 * q_sft[6], (q_srt, q_sft)
@@ -323,13 +307,27 @@ def test_soft_cli_rejects_bad_input_before_training(tiny_models, text_data, tmp_
         (["--exits", "2,9"], "deeper than the model"),
         (["--exits", "2,2,6"], "listed twice"),
         (["--exits", "2,6", "--exit-weights", "1,2,3"], "one weight per exit"),
-        (["--method", "full"], "cannot train 4-bit"),
+        (["--method", "full", "--quant", "nf4"], "cannot train 4-bit"),
     ]
     for args, words in cases:
         r = run_cli("soft", m, "--data", text_data, "-o", tmp_path / "x", *args)
         assert r.exit_code != 0 and words in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_method_full_defaults_to_a_float_base(tiny_models, tmp_path):
+    """`--method full` alone means `--quant none`; LoRA keeps the QLoRA default; full + nf4 stays an error."""
+    from surgeon.commands.heal import HealOptions
+    from surgeon.commands.soft import SoftOptions
+
+    common = dict(model=tiny_models["llama"], output=tmp_path / "o", data="builtin:sotu")
+    for cls in (SoftOptions, HealOptions):
+        assert cls(**common, method="full").quant == "none"
+        assert cls(**common).quant == "nf4"
+        assert cls(**common, method="full").model_setup().quant == "none"
+        with pytest.raises(UsageError, match="cannot train 4-bit"):
+            cls(**common, method="full", quant="nf4")
 
 
 @pytest.mark.slow
@@ -354,7 +352,7 @@ def test_soft_along_width_trains_nested_ffn_widths(tiny_models, text_data, tmp_p
 
     import surgeon
     from surgeon.data import training_examples
-    from surgeon.soft.evaluate import exit_quality
+    from surgeon.eval import measure_exits
     from surgeon.width.masking import width_mask
 
     src = tiny_models["llama"]
@@ -367,9 +365,9 @@ def test_soft_along_width_trains_nested_ffn_widths(tiny_models, text_data, tmp_p
     held = list(training_examples(str(text_data), tok, seq_len=64, role="eval", max_examples=24))
 
     def losses(path, ffn):
-        m = _load(path)
+        m = load_model(path)
         with width_mask(m, ffn=ffn):
-            return {q.exit: q.loss for q in exit_quality(m, held, [3, 6], kl=False)[0]}
+            return {q.exit: q.loss for q in measure_exits(m, held, [3, 6], kl=False)[0]}
 
     w, d = losses(tmp_path / "width", 32), losses(depth_only, 32)
     assert w[6] < d[6] - 0.1 and w[3] < d[3] - 0.1, (w, d)
@@ -382,7 +380,7 @@ def test_soft_along_width_trains_nested_ffn_widths(tiny_models, text_data, tmp_p
     # the loaded width exit equals the full model run under the width mask
     ids = torch.tensor([held[0]["input_ids"][:20]])
     exit_model = surgeon.load(tmp_path / "width", exit="depth-3-ffn32")
-    full = _load(tmp_path / "width")
+    full = load_model(tmp_path / "width")
     from surgeon.surgery.inmemory import keep_layers_in_memory
 
     keep_layers_in_memory(full, [0, 1, 2])
@@ -418,7 +416,8 @@ def test_soft_resume_equals_uninterrupted_run(tiny_models, text_data, tmp_path):
                 raise Stop
         return progress
 
-    from surgeon.soft.train import SoftOptions, soft
+    from surgeon.commands.soft import SoftOptions
+    from surgeon.commands.soft import run as soft
 
     common = dict(model=Path(tiny_models["qwen3"]), data=str(text_data), exits="2,4,6", loss="stochastic",
                   ffn_exits="0.25,0.5", method="lora", quant="none", rank=4, steps=8, lr=1e-2, warmup=1,

@@ -1,6 +1,5 @@
 """Depth surgery: a rewritten checkpoint equals the same surgery done in memory, to the logit."""
 
-import hashlib
 import json
 
 import pytest
@@ -9,40 +8,26 @@ import torch
 from surgeon.io.checkpoint import Checkpoint
 from surgeon.surgery import execute, plan_extract_depth, plan_prune
 from surgeon.surgery.inmemory import keep_layers_in_memory
+from surgeon.testing import load_model, logits, tree_digest
 from tests.conftest import run_cli
 
 IDS = torch.tensor([[1, 17, 42, 99, 7, 250, 3, 64, 12, 5, 301, 77, 8, 19, 200, 33, 45, 11, 90, 120]])
 
 
-def _load(path):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-
-
 def _logits(model, ids=IDS):
-    with torch.no_grad():
-        return model(ids).logits
-
-
-def _tree_hash(path):
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            h.update(p.name.encode() + p.read_bytes())
-    return h.hexdigest()
+    return logits(model, ids)
 
 
 @pytest.mark.parametrize("start,n", [(1, 2), (3, 2), (0, 1)])
 def test_prune_equals_in_memory(family_model, tmp_path, start, n):
     family, path = family_model
-    before = _tree_hash(path)
+    before = tree_digest(path)
     plan = plan_prune(Checkpoint.open(path), start, n)
     execute(plan, tmp_path / "out")
-    assert _tree_hash(path) == before, "the source must never change"
+    assert tree_digest(path) == before, "the source must never change"
 
-    out = _load(tmp_path / "out")
-    ref = keep_layers_in_memory(_load(path), list(plan.kept_layers))
+    out = load_model(tmp_path / "out")
+    ref = keep_layers_in_memory(load_model(path), list(plan.kept_layers))
     assert out.config.num_hidden_layers == 6 - n
     for key in ("layer_types", "max_window_layers"):
         assert getattr(out.config, key, None) == getattr(ref.config, key, None)
@@ -62,8 +47,8 @@ def test_extract_depth_equals_in_memory(family_model, tmp_path):
     family, path = family_model
     plan = plan_extract_depth(Checkpoint.open(path), 4)
     execute(plan, tmp_path / "out")
-    out = _load(tmp_path / "out")
-    ref = keep_layers_in_memory(_load(path), [0, 1, 2, 3])
+    out = load_model(tmp_path / "out")
+    ref = keep_layers_in_memory(load_model(path), [0, 1, 2, 3])
     assert (_logits(out) - _logits(ref)).abs().max().item() <= 1e-5
 
 
@@ -93,8 +78,8 @@ def test_sharded_output_and_side_files(tiny_sharded, tmp_path):
         assert (out / f).read_bytes() == (tiny_sharded / f).read_bytes()
     ckpt = Checkpoint.open(out)  # index and shards agree
     assert ckpt.num_layers == 4
-    ref = keep_layers_in_memory(_load(tiny_sharded), list(plan.kept_layers))
-    assert (_logits(_load(out)) - _logits(ref)).abs().max().item() <= 1e-5
+    ref = keep_layers_in_memory(load_model(tiny_sharded), list(plan.kept_layers))
+    assert (_logits(load_model(out)) - _logits(ref)).abs().max().item() <= 1e-5
     prov = json.loads((out / "surgeon_provenance.json").read_text())["operations"]
     assert prov[-1]["operation"] == "prune" and prov[-1]["dropped_layers"] == [2, 3]
 
@@ -185,14 +170,14 @@ def test_cli_bad_input(case, tiny_models, tmp_path):
     import shutil
 
     path = shutil.copytree(tiny_models["llama"], tmp_path / "model")
-    before = _tree_hash(path)
+    before = tree_digest(path)
     args, expected = _bad_cases(path, tmp_path)[case]
     res = run_cli(*args)
     assert res.exit_code != 0
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], res.stderr
     assert not (tmp_path / "o").exists()
-    assert _tree_hash(path) == before
+    assert tree_digest(path) == before
     if case == "occupied output":
         assert (tmp_path / "occupied" / "keep.txt").read_text() == "precious"
 
@@ -201,8 +186,8 @@ def test_cli_bad_input(case, tiny_models, tmp_path):
 def test_smollm2_prune_equals_in_memory(smollm2, tmp_path):
     plan = plan_prune(Checkpoint.open(smollm2), 20, 6)
     execute(plan, tmp_path / "out")
-    out = _load(tmp_path / "out")
-    ref = keep_layers_in_memory(_load(smollm2), list(plan.kept_layers))
+    out = load_model(tmp_path / "out")
+    ref = keep_layers_in_memory(load_model(smollm2), list(plan.kept_layers))
     ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 6017, 30, 378, 2015, 28, 1142]])
     assert (_logits(out, ids) - _logits(ref, ids)).abs().max().item() <= 1e-5
     assert torch.equal(out.generate(ids, max_new_tokens=6, do_sample=False),

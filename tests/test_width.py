@@ -13,6 +13,7 @@ from surgeon.errors import UsageError
 from surgeon.io.checkpoint import Checkpoint
 from surgeon.surgery import execute
 from surgeon.surgery.inmemory import keep_layers_in_memory
+from surgeon.testing import load_model, logits
 from surgeon.width import plan_width, resolve_width
 from surgeon.width.importance import width_importance
 from tests.conftest import run_cli
@@ -20,18 +21,8 @@ from tests.conftest import run_cli
 IDS = [[1, 5, 9, 22, 100, 7, 8, 9, 10, 200, 31, 4]]
 
 
-def _load(path):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-
-
 def _logits(model):
-    import torch
-
-    with torch.no_grad():
-        return model(torch.tensor(IDS)).logits
+    return logits(model, IDS)
 
 
 def _zero_dropped(model, keep_ffn: dict[int, list[int]], keep_kv: dict[int, list[int]]):
@@ -64,8 +55,8 @@ def test_width_extract_equals_zeroing(family_model, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["intermediate_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]) == (64, 2, 1, 16)
     L = ckpt.num_layers
-    ref = _zero_dropped(_load(path), {i: list(range(64)) for i in range(L)}, {i: [0] for i in range(L)})
-    got = _load(out)
+    ref = _zero_dropped(load_model(path), {i: list(range(64)) for i in range(L)}, {i: [0] for i in range(L)})
+    got = load_model(out)
     assert got.num_parameters() < ref.num_parameters()
     assert (_logits(got) - _logits(ref)).abs().max().item() <= 1e-5
 
@@ -79,10 +70,10 @@ def test_permuted_width_extract_with_depth(tiny_models, tmp_path, family):
     order = {i: {"ffn": rng.sample(range(128), 128), "kv": rng.sample(range(2), 2)} for i in range(6)}
     out = tmp_path / "w"
     execute(plan_width(ckpt, ffn=40, heads=0.5, keep=keep, order=order), out)
-    ref = keep_layers_in_memory(_load(tiny_models[family]), keep)
+    ref = keep_layers_in_memory(load_model(tiny_models[family]), keep)
     ref = _zero_dropped(ref, {j: order[i]["ffn"][:40] for j, i in enumerate(keep)},
                         {j: order[i]["kv"][:1] for j, i in enumerate(keep)})
-    assert (_logits(_load(out)) - _logits(ref)).abs().max().item() <= 1e-5
+    assert (_logits(load_model(out)) - _logits(ref)).abs().max().item() <= 1e-5
 
 
 def test_full_width_permutation_preserves_logits(family_model, tmp_path):
@@ -94,7 +85,7 @@ def test_full_width_permutation_preserves_logits(family_model, tmp_path):
     plan = plan_width(ckpt, order=order, operation="sort-width")
     assert any(op.select for op in plan.tensors)  # it really permutes
     execute(plan, out)
-    a, b = _logits(_load(path)), _logits(_load(out))
+    a, b = _logits(load_model(path)), _logits(load_model(out))
     assert (a - b).abs().max().item() <= 1e-5 * max(1.0, a.abs().max().item())
 
 
@@ -105,7 +96,7 @@ def test_sort_width_cli_sorts_by_importance(tiny_models, tmp_path):
     assert r.exit_code == 0, r.output
     report = json.loads(r.output)
     assert report["calibration"]["samples"] == 4 and report["calibration"]["role"] == "train"
-    assert (_logits(_load(src)) - _logits(_load(out))).abs().max().item() <= 1e-5
+    assert (_logits(load_model(src)) - _logits(load_model(out))).abs().max().item() <= 1e-5
     prov = json.loads((out / "surgeon_provenance.json").read_text())
     perm = prov["operations"][-1]["permutation"]
     assert perm == report["order"] and sorted(perm["0"]["ffn"]) == list(range(128))
@@ -116,19 +107,19 @@ def test_sort_width_cli_sorts_by_importance(tiny_models, tmp_path):
 
     tok = AutoTokenizer.from_pretrained(str(out))
     calib = calibration_samples("builtin:sotu", tok, samples=4, seq_len=64, role="train")
-    model = _load(out)
+    model = load_model(out)
     fam = resolve_family(model.config.to_dict(), [n for n, _ in model.named_parameters()])
     imp = width_importance(model, fam, calib.input_ids)
     for f, k in zip(imp.ffn, imp.kv):
         assert all(a >= b - 1e-9 for a, b in zip(f, f[1:]))
         assert all(a >= b - 1e-9 for a, b in zip(k, k[1:]))
     # The unsorted model's channel scores are not already sorted (the test could fail).
-    imp0 = width_importance(_load(src), fam, calib.input_ids)
+    imp0 = width_importance(load_model(src), fam, calib.input_ids)
     assert any(any(a < b for a, b in zip(f, f[1:])) for f in imp0.ffn)
 
 
 def test_importance_ignores_padding(tiny_models):
-    model = _load(tiny_models["llama"])
+    model = load_model(tiny_models["llama"])
     fam = resolve_family(model.config.to_dict(), [n for n, _ in model.named_parameters()])
     seqs = [list(range(3, 30)), list(range(40, 52))]
     batched = width_importance(model, fam, seqs, batch_size=2)
@@ -187,10 +178,10 @@ def test_width_mask_equals_extracted_submodel(family_model, tmp_path):
     family, path = family_model
     out = tmp_path / "w"
     execute(plan_width(Checkpoint.open(path), ffn=48, heads=2), out)
-    full = _load(path)
+    full = load_model(path)
     before = _logits(full)
     with width_mask(full, ffn=48, kv_heads=1):
         masked = _logits(full)
-    assert (masked - _logits(_load(out))).abs().max().item() <= 1e-5
+    assert (masked - _logits(load_model(out))).abs().max().item() <= 1e-5
     assert (masked - before).abs().max().item() > 1e-3  # the mask really changes the model
     assert (_logits(full) - before).abs().max().item() == 0  # hooks are removed afterwards

@@ -33,7 +33,16 @@ REQUIRED = {
              "config_sha256", "tensors"],
     "exit": ["name", "layers", "config", "cost", "head", "kv_prefix_compatible", "quality"],
     "cost": ["parameters", "flops_per_token", "flops_formula", "kv_cache_bytes_per_token", "kv_cache_dtype"],
+    "generator": ["name", "version"],
+    "tensors": ["layer_prefix", "layer", "shared"],
+    "parameters": ["embedding", "layers", "head", "total"],
+    "quality": ["metric", "value", "data", "split", "tokens", "seq_len", "dtype"],
+    "verification": ["token_ids", "logits_shape", "logits_dtype", "logits_sha256", "decimals", "argmax"],
+    "weights": ["files"],
+    "file": ["name", "bytes", "sha256"],
 }
+DTYPES = {"BOOL", "U8", "I8", "F8_E4M3", "F8_E5M2", "F8_E8M0", "I16", "U16", "F16", "BF16", "I32", "U32", "F32",
+          "I64", "U64", "F64"}
 
 
 class ManifestError(ValueError):
@@ -118,9 +127,20 @@ def _int(v, where, lo=0):
     return v
 
 
+def _str(v, where):
+    if not isinstance(v, str) or not v:
+        _bad(f"{where} must be a non-empty string, not {v!r}")
+    return v
+
+
+def _sha(v, where):
+    if not isinstance(v, str) or not SHA.match(v):
+        _bad(f"{where} must be a sha256 (64 lowercase hex digits)")
+
+
 def _obj(v, kind, where):
     if not isinstance(v, dict):
-        _bad(f"{where} must be an object")
+        _bad(f"{where or 'manifest'} must be an object")
     for k in REQUIRED.get(kind, []):
         if k not in v:
             _bad(f"{where or 'manifest'}: missing required key {k!r}")
@@ -131,6 +151,16 @@ def _safe(name):
     if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name \
             or re.match(r"^[A-Za-z]:", name) or ".." in name.split("/"):
         _bad(f"file {name!r} is outside the checkpoint folder")
+
+
+def _tensors(t, where):
+    if not isinstance(t, dict):
+        _bad(f"{where} must map tensor names to {{dtype, shape}}")
+    for name, spec in t.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("dtype"), str) or spec["dtype"] not in DTYPES \
+                or not isinstance(spec.get("shape"), list) \
+                or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in spec["shape"]):
+            _bad(f"{where}.{name} must be {{dtype: a safetensors dtype, shape: [non-negative ints]}}")
 
 
 def validate(m, header_copy=False):
@@ -145,16 +175,22 @@ def validate(m, header_copy=False):
         _bad(f"required_features {feats!r} names a feature this reader does not implement")
     for k in sorted(set(m) - set(REQUIRED[""]) - {"required_features", "provenance", "weights"}):
         warnings.warn(f"sorted manifest: unknown key {k!r} ignored", stacklevel=2)
-    if not isinstance(m["generator"], dict) or not all(isinstance(m["generator"].get(k), str) for k in ("name", "version")):
-        _bad("generator must be {name, version} strings")
+    gen = _obj(m["generator"], "generator", "generator")
+    _str(gen["name"], "generator.name")
+    _str(gen["version"], "generator.version")
     base = _obj(m["base"], "base", "base")
     n_layers = _int(base["num_layers"], "base.num_layers", 1)
-    if not isinstance(base["config_sha256"], str) or not SHA.match(base["config_sha256"]):
-        _bad("base.config_sha256 must be a sha256")
-    t = base["tensors"]
-    if not isinstance(t, dict) or not isinstance(t.get("layer_prefix"), str) \
-            or not all(isinstance(t.get(k), dict) for k in ("layer", "shared")):
-        _bad("base.tensors must be {layer_prefix, layer, shared}")
+    _str(base["architecture"], "base.architecture")
+    _str(base["model_type"], "base.model_type")
+    _int(base["hidden_size"], "base.hidden_size", 1)
+    _int(base["vocab_size"], "base.vocab_size", 1)
+    if not isinstance(base["tie_word_embeddings"], bool):
+        _bad("base.tie_word_embeddings must be true or false")
+    _sha(base["config_sha256"], "base.config_sha256")
+    t = _obj(base["tensors"], "tensors", "base.tensors")
+    _str(t["layer_prefix"], "base.tensors.layer_prefix")
+    _tensors(t["layer"], "base.tensors.layer")
+    _tensors(t["shared"], "base.tensors.shared")
     exits = m["exits"]
     if not isinstance(exits, list) or not exits:
         _bad("exits must be a non-empty list")
@@ -167,29 +203,34 @@ def validate(m, header_copy=False):
         if e["cost"]["flops_per_token"] < prev:
             _bad(f"exit {e['name']!r}: exits are not sorted by cost")
         prev = e["cost"]["flops_per_token"]
-    if exits[-1]["layers"] != list(range(n_layers)) or exits[-1].get("widths"):
+    if exits[-1]["layers"] != list(range(n_layers)) or exits[-1].get("widths") is not None:
         _bad("the last exit must be the full model")
+    if "provenance" in m and not isinstance(m["provenance"], dict):
+        _bad("provenance must be an object")
     if "weights" not in m:
         if not header_copy:
             _bad("missing required key 'weights'")
         return m
-    files = m["weights"].get("files") if isinstance(m["weights"], dict) else None
+    w = _obj(m["weights"], "weights", "weights")
+    files = w["files"]
     if not isinstance(files, list) or not files:
         _bad("weights.files must be a non-empty list")
+    seen = set()
     for f in files:
-        if not isinstance(f, dict):
-            _bad("weights.files entries must be objects")
-        _safe(f.get("name"))
-        _int(f.get("bytes"), f"weights {f.get('name')} bytes")
-        if not isinstance(f.get("sha256"), str) or not SHA.match(f["sha256"]):
-            _bad(f"weights {f.get('name')}: sha256 must be 64 hex digits")
+        _obj(f, "file", "weights.files entry")
+        _safe(f["name"])
+        if f["name"] in seen:
+            _bad(f"weights: file {f['name']!r} is listed twice")
+        seen.add(f["name"])
+        _int(f["bytes"], f"weights {f['name']} bytes")
+        _sha(f["sha256"], f"weights {f['name']}: sha256")
     return m
 
 
 def _exit(e, n_layers, feats):
-    where = f"exit {e['name']!r}"
     if not isinstance(e["name"], str) or not NAME.match(e["name"]):
         _bad(f"exit name {e['name']!r} is not allowed")
+    where = f"exit {e['name']!r}"
     layers = e["layers"]
     if not isinstance(layers, list) or not layers:
         _bad(f"{where}: layers must be a non-empty list")
@@ -214,18 +255,43 @@ def _exit(e, n_layers, feats):
         for k, v in w.items():
             _int(v, f"{where} widths.{k}", 1)
     cost = _obj(e["cost"], "cost", f"{where} cost")
-    p = cost["parameters"] if isinstance(cost["parameters"], dict) else _bad(f"{where}: parameters must be an object")
-    parts = [_int(p.get(k), f"{where} parameters.{k}") for k in ("embedding", "layers", "head")]
-    if sum(parts) != _int(p.get("total"), f"{where} parameters.total"):
+    p = _obj(cost["parameters"], "parameters", f"{where} cost.parameters")
+    parts = [_int(p[k], f"{where} parameters.{k}") for k in ("embedding", "layers", "head")]
+    if sum(parts) != _int(p["total"], f"{where} parameters.total"):
         _bad(f"{where}: parameters.total is not embedding + layers + head")
     _int(cost["flops_per_token"], f"{where} flops_per_token")
+    _str(cost["flops_formula"], f"{where} flops_formula")
     _int(cost["kv_cache_bytes_per_token"], f"{where} kv_cache_bytes_per_token")
+    _str(cost["kv_cache_dtype"], f"{where} kv_cache_dtype")
     if not isinstance(e["quality"], list):
         _bad(f"{where}: quality must be a list")
     for q in e["quality"]:
-        v = q.get("value") if isinstance(q, dict) else None
+        _obj(q, "quality", f"{where} quality entry")
+        _str(q["metric"], f"{where} quality metric")
+        v = q["value"]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             _bad(f"{where}: quality values must be finite numbers")
+        _str(q["data"], f"{where} quality data")
+        if q["split"] is not None:
+            _str(q["split"], f"{where} quality split")
+        _int(q["tokens"], f"{where} quality tokens", 1)
+        _int(q["seq_len"], f"{where} quality seq_len", 1)
+        _str(q["dtype"], f"{where} quality dtype")
+    ver = e.get("verification")
+    if ver is not None:
+        _obj(ver, "verification", f"{where} verification")
+        for k in ("token_ids", "logits_shape", "argmax"):
+            if not isinstance(ver[k], list) or not ver[k] or any(isinstance(x, bool) or not isinstance(x, int) or x < 0
+                                                                   for x in ver[k]):
+                _bad(f"{where}: verification.{k} must be a non-empty list of non-negative integers")
+        _str(ver["logits_dtype"], f"{where} verification.logits_dtype")
+        _sha(ver["logits_sha256"], f"{where} verification.logits_sha256")
+        _int(ver["decimals"], f"{where} verification.decimals")
+        shape = ver["logits_shape"]
+        if len(shape) != 2 or shape[0] != len(ver["token_ids"]) or len(ver["argmax"]) != len(ver["token_ids"]):
+            _bad(f"{where}: verification must hold [len(token_ids), vocab] logits and one argmax per position")
+        if any(t >= shape[1] for t in ver["token_ids"] + ver["argmax"]):
+            _bad(f"{where}: a verification token id is not below vocab_size")
 
 
 def find_exit(m, exit):

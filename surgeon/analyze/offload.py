@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 from ..errors import CheckpointError
 from ..io.checkpoint import Checkpoint
-from .similarity import Batch, Progress, SimilarityAccumulator, SimilarityTable
+from ..progress import Progress
+from .similarity import Batch, SimilarityAccumulator, SimilarityTable
 
 log = logging.getLogger(__name__)
 

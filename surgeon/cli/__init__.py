@@ -21,7 +21,7 @@ from ..errors import SurgeonError
 # name -> (module, attribute, one-line help shown by `surgeon --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("surgeon.cli.inspect", "inspect_cmd", "Describe a checkpoint: family, layers, parameters, shards, manifest."),
-    "import-gguf": ("surgeon.cli.gguf", "import_gguf_cmd", "Convert a GGUF model into a float safetensors checkpoint."),
+    "import-gguf": ("surgeon.cli.import_gguf", "import_gguf_cmd", "Convert a GGUF model into a float safetensors checkpoint."),
     "demo": ("surgeon.cli.demo", "demo_cmd", "Run the main job on the embedded SmolLM2-135M model."),
     "analyze": ("surgeon.cli.analyze", "analyze_cmd", "Angular distance between layers, best blocks l*(n), heatmap, Block Influence."),
     "prune": ("surgeon.cli.prune", "prune_cmd", "Drop a contiguous block of layers (explicit, similarity or deepest)."),

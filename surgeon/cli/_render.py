@@ -110,3 +110,37 @@ class progress_bar:
         if self._p is not None:
             return self._p.__exit__(*exc)
         return False
+
+
+class phase_bar:
+    """A rich progress bar whose description follows the label (phase, loss, tokens/s) with an ETA."""
+
+    def __enter__(self):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        c = console(stderr=True)
+        self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           TextColumn("ETA"), TimeRemainingColumn(), console=c, transient=True, disable=not c.is_terminal)
+        self._p.__enter__()
+        self._phase = None
+        self._task = None
+        return self.update
+
+    def update(self, done: int, total: int, label: str) -> None:
+        phase = label.split()[0] if label else ""
+        if phase != self._phase:
+            if self._task is not None:
+                self._p.remove_task(self._task)
+            self._task = self._p.add_task(label, total=total)
+            self._phase = phase
+        self._p.update(self._task, completed=done, total=total, description=label)
+
+    def __exit__(self, *exc):
+        return self._p.__exit__(*exc)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..analyze.run import AnalyzeOptions
+from ..commands.analyze import AnalyzeOptions
 from ..options import build, click_options
 from ._render import console, print_json, progress_bar
 
@@ -24,12 +24,12 @@ def analyze_cmd(model: Path, as_json: bool, **kwargs) -> None:
     all blocks, and over blocks that keep the final layer); and ShortGPT's Block Influence per
     layer. Writes analysis.json and angular_distance.png to --out.
     """
-    from ..analyze import analyze
+    from ..commands import analyze
 
     opts = build(AnalyzeOptions, model=model, **kwargs)
     unit_label = "layers" if opts.offload == "layer" else "samples"
     with progress_bar(f"analyzing ({unit_label})", unit="count") as progress:
-        r = analyze(opts, progress=progress)
+        r = analyze.run(opts, progress=progress)
     if as_json:
         print_json(r.to_dict())
         return

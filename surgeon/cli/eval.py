@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..commands.eval import EvalOptions
 from ..options import build, click_options
-from ..soft.evaluate import EvalOptions
 from ._render import console, print_json, progress_bar
 
 
@@ -23,16 +23,14 @@ def eval_cmd(model: Path, as_json: bool, **kwargs) -> None:
     often the exit's top-1 token matches the full model's (--no-kl skips both). --tasks runs
     lm-evaluation-harness tasks on each exit instead and prints the harness results as JSON.
     """
-    from ..soft.evaluate import evaluate_exits
+    from ..commands import eval as eval_cmd
 
     opts = build(EvalOptions, model=model, **kwargs)
     if opts.tasks:
-        from ..soft.evaluate import run_harness
-
-        print_json(run_harness(opts))
+        print_json(eval_cmd.run_harness(opts))
         return
     with progress_bar("evaluating", unit="sequences") as progress:
-        r = evaluate_exits(opts, progress=progress)
+        r = eval_cmd.run(opts, progress=progress)
     if as_json:
         print_json(r.to_dict())
         return

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..extract import ExtractOptions
+from ..commands.extract import ExtractOptions
 from ..options import build, click_options
 from ._render import console, human_bytes, print_json, progress_bar, render_plan
 
@@ -24,12 +24,12 @@ def extract_cmd(model: Path, as_json: bool, **kwargs) -> None:
     the first channels and heads are the most important ones. Or pick an exit of the sorted
     manifest: --exit NAME (or a layer count), or the largest within --max-params / --max-flops.
     """
-    from ..extract import extract
+    from ..commands import extract
 
     opts = build(ExtractOptions, model=model, **kwargs)
     c = console()
     with progress_bar("extracting") as progress:
-        r = extract(opts, progress=progress)
+        r = extract.run(opts, progress=progress)
     if as_json:
         print_json({"plan": r.plan.to_dict(), "output": r.result.output if r.result else None})
         return

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..commands.generate import GenerateOptions
 from ..options import build, click_options
-from ..runtime.generate import GenerateOptions
 from ._render import console, print_json
 
 
@@ -18,10 +18,10 @@ from ._render import console, print_json
 def generate_cmd(model: Path, as_json: bool, **kwargs) -> None:
     """Generate text with MODEL, a sub-model of it (--exit), self-speculative decoding (--draft-exit)
     or confidence early exit (--early-exit). Exits share the loaded weights and one KV cache."""
-    from ..runtime.generate import generate_text
+    from ..commands import generate
 
     opts = build(GenerateOptions, model=model, **kwargs)
-    rep = generate_text(opts)
+    rep = generate.run(opts)
     if as_json:
         print_json(rep.to_dict())
         return

@@ -14,17 +14,21 @@ from ._render import console, human_bytes, human_count, print_json
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect_cmd(model: Path, as_json: bool) -> None:
     """Describe MODEL (a checkpoint folder) from its config and headers, loading no tensor."""
-    from ..inspection import inspect_checkpoint
+    from ..commands import inspect
 
-    r = inspect_checkpoint(model)
+    r = inspect.run(inspect.InspectOptions(model=model))
     if as_json:
         d = r.to_dict()
         d["num_layers"] = r.num_layers
         print_json(d)
         return
+    render_inspect(r, console())
+
+
+def render_inspect(r, c) -> None:
+    """The inspect table of an InspectReport."""
     from rich.table import Table
 
-    c = console()
     t = Table(title=f"{r.path}", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()

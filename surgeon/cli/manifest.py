@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..manifest.command import ManifestOptions, ValidateOptions
+from ..commands.manifest import ManifestOptions, ValidateOptions
 from ..options import build, click_options
 from ._render import console, human_bytes, human_count, print_json, progress_bar, ranges
 
@@ -41,11 +41,11 @@ def manifest_cmd() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the written manifest as JSON.")
 def write_cmd(model: Path, as_json: bool, **kwargs) -> None:
     """Measure the exits of MODEL (costs from shapes, quality from --eval-data) and write the manifest."""
-    from ..manifest.command import write_manifest_for
+    from ..commands import manifest
 
     opts = build(ManifestOptions, model=model, **kwargs)
     with progress_bar("measuring exits") as progress:
-        r = write_manifest_for(opts, progress=progress)
+        r = manifest.run(opts, progress=progress)
     if as_json:
         print_json(r.manifest)
         return
@@ -86,9 +86,9 @@ def render_exits(manifest: dict, c) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def validate_cmd(path: Path, as_json: bool, **kwargs) -> None:
     """Check PATH's manifest: schema, every named tensor's shape, header copy (and hashes with --verify)."""
-    from ..manifest.command import validate_path
+    from ..commands import manifest
 
-    r = validate_path(build(ValidateOptions, path=path, **kwargs))
+    r = manifest.validate(build(ValidateOptions, path=path, **kwargs))
     if as_json:
         print_json(r.to_dict())
         return

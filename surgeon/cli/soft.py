@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
+from ..commands.soft import SoftOptions
 from ..options import build, click_options
-from ..soft.train import SoftOptions
-from ._render import console, print_json
+from ._render import console, phase_bar, print_json
 
 
 def render_soft(r, c) -> None:
@@ -60,12 +60,11 @@ def soft_cmd(model: Path, as_json: bool, **kwargs) -> None:
     The output is a plain merged checkpoint whose sorted manifest lists the trained exits.
     Runs on CPU, one GPU, or several with `accelerate launch -m surgeon soft ...`.
     """
-    from ..soft.train import soft
-    from .heal import phase_bar
+    from ..commands import soft
 
     opts = build(SoftOptions, model=model, **kwargs)
     with phase_bar() as progress:
-        r = soft(opts, progress=progress)
+        r = soft.run(opts, progress=progress)
     if r.output is None:  # a non-main process under accelerate launch
         return
     if as_json:

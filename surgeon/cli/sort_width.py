@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..commands.sort_width import SortWidthOptions
 from ..options import build, click_options
-from ..width.sort import SortWidthOptions
 from ._render import console, human_bytes, print_json, progress_bar
 
 
@@ -23,12 +23,12 @@ def sort_width_cmd(model: Path, as_json: bool, **kwargs) -> None:
     computes the same function (same logits); afterwards `surgeon extract --ffn K --heads H` keeps
     the most important channels and heads. The permutation is recorded in the output's provenance.
     """
-    from ..width.sort import sort_width
+    from ..commands import sort_width
 
     opts = build(SortWidthOptions, model=model, **kwargs)
     c = console()
     with progress_bar("sorting") as progress:
-        r = sort_width(opts, progress=progress)
+        r = sort_width.run(opts, progress=progress)
     moved = r.moved()
     if as_json:
         print_json({"output": r.result.output, "calibration": r.calibration, "moved": moved,

@@ -27,10 +27,10 @@ from .calibration import CalibrationSet, calibration_samples, check_calibration_
 from .records import ROLES, hub_offline_reason, iter_records
 from .spec import BUILTIN, HELDOUT_EVERY, DataSpec, parse_data_spec
 from .templates import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, alpaca_prompt, record_text
-from .training import IGNORE_INDEX, instruction_example, training_examples
+from .training import IGNORE_INDEX, collate, instruction_example, training_examples
 
 __all__ = [
     "BUILTIN", "HELDOUT_EVERY", "IGNORE_INDEX", "PROMPT_NO_INPUT", "PROMPT_WITH_INPUT", "ROLES",
-    "CalibrationSet", "DataSpec", "alpaca_prompt", "calibration_samples", "check_calibration_args", "hub_offline_reason",
+    "CalibrationSet", "DataSpec", "alpaca_prompt", "collate", "calibration_samples", "check_calibration_args", "hub_offline_reason",
     "instruction_example", "iter_records", "parse_data_spec", "record_text", "training_examples",
 ]

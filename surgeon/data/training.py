@@ -11,7 +11,7 @@ Examples longer than ``seq_len`` are truncated.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from ..errors import DataError
 from .records import iter_records
@@ -87,3 +87,20 @@ def instruction_example(record: dict, tokenizer, seq_len: int, eos: int) -> dict
         log.debug("skipping an instruction whose prompt fills seq_len %d", seq_len)
         return None
     return {"input_ids": ids, "labels": labels}
+
+
+def collate(examples: Sequence[dict], pad_id: int = 0) -> dict:
+    """Right-pad ``{"input_ids", "labels"}`` examples into ``input_ids``/``attention_mask``/``labels``
+    tensors (``labels`` default to ``input_ids``; padding is labelled -100)."""
+    import torch
+
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.as_tensor(list(e["input_ids"]), dtype=torch.long)
+        labels[i, :n] = torch.as_tensor(list(e.get("labels", e["input_ids"])), dtype=torch.long)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -17,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..units import torch_dtype
 from .safetensors_header import SafetensorsHeader, TensorInfo, read_header
 
 log = logging.getLogger(__name__)
@@ -31,13 +32,6 @@ SIDE_FILES = (
     "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
     "generation_config.json", "preprocessor_config.json",
 )
-
-TORCH_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-}
-
 
 def _safe_relpath(folder: Path, name: str, what: str) -> Path:
     """Resolve ``name`` inside ``folder``, refusing absolute paths and anything that escapes it."""
@@ -217,14 +211,19 @@ class Checkpoint:
         return data
 
     def get_tensor(self, name: str):
-        """Read one tensor into a fresh (writable) CPU torch tensor."""
+        """Read one tensor straight into a fresh (writable) CPU torch tensor: one copy, no mmap."""
         import torch
 
         info = self._info(name)
-        buf = bytearray(self.read_bytes(name))
-        dtype = getattr(torch, TORCH_DTYPES[info.dtype])
+        dtype = torch_dtype(info.dtype)
         if info.numel == 0:
             return torch.empty(info.shape, dtype=dtype)
+        buf = bytearray(info.nbytes)
+        with open(self.path / info.file, "rb", buffering=0) as f:
+            f.seek(info.begin)
+            got = f.readinto(buf)
+        if got != info.nbytes:
+            raise CheckpointError(f"{info.file} ends inside tensor {name}: truncated", "re-download the checkpoint")
         return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
 
     def iter_tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, object]]:

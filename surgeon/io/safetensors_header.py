@@ -18,16 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..units import DTYPE_TABLE
 
 # Same bound as the safetensors crate: a header larger than this is refused before it is read.
 MAX_HEADER_BYTES = 100_000_000
 
-DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-}
+DTYPE_BYTES = {code: nbytes for code, (nbytes, _) in DTYPE_TABLE.items()}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Everything here is shape arithmetic (no tensor is read): an exit is turned into the same
 :class:`~surgeon.surgery.plan.Plan` that depth or width surgery would execute, and its config and
 costs are read off that plan. Measurements that need the weights (verification records, quality)
-live in :mod:`surgeon.manifest.measure`.
+live in :mod:`surgeon.manifest.verify` and :func:`surgeon.eval.measure_exits`.
 """
 
 from __future__ import annotations
@@ -16,33 +16,14 @@ from pathlib import Path
 from .. import __version__
 from ..arch.registry import Family, resolve_family
 from ..errors import UsageError
+from ..exits import FULL, default_name, exit_name
 from ..io.checkpoint import Checkpoint
 from ..provenance import read_chain, sha256_json
 from ..surgery.plan import Plan, plan_layers
+from ..units import FLOAT_CODES, dtype_bytes, dtype_code, torch_name
 from .model import FLOPS_FORMULA, FORMAT, FORMAT_VERSION, ManifestError
 
 log = logging.getLogger(__name__)
-
-DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "float64": 8,
-               "F32": 4, "BF16": 2, "F16": 2, "F64": 8}
-_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
-FULL = "full"
-
-
-def exit_spec(layers: Sequence[int], name: str | None = None, widths: dict | None = None, **extra) -> dict:
-    """An exit request as taken by :func:`build_manifest` and ``execute(manifest_exits=...)``."""
-    d = {"name": name or default_name(list(layers), widths), "layers": [int(i) for i in layers]}
-    if widths:
-        d["widths"] = dict(widths)
-    d.update(extra)
-    return d
-
-
-def default_name(layers: list[int], widths: dict | None = None) -> str:
-    base = f"depth-{len(layers)}" if layers == list(range(len(layers))) else f"layers-{len(layers)}"
-    if widths:
-        base += "".join(f"-{k}{v}" for k, v in sorted(widths.items()))
-    return base
 
 
 def exit_plan(ckpt: Checkpoint, layers: Sequence[int], widths: dict | None = None, dtype: str | None = None,
@@ -83,7 +64,7 @@ def exit_cost(plan: Plan, family: Family, kv_dtype: str) -> dict:
     heads = cfg.get("num_attention_heads")
     kv_heads = cfg.get("num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or d_model // heads
-    kv_per_layer = 2 * kv_heads * head_dim * DTYPE_BYTES.get(kv_dtype, 4)  # K and V of one token
+    kv_per_layer = 2 * kv_heads * head_dim * dtype_bytes(kv_dtype)  # K and V of one token
     return {
         "parameters": {"embedding": emb, "layers": layers, "head": total - emb - layers, "total": total},
         "flops_per_token": 2 * (layers + d_model * vocab),
@@ -97,11 +78,11 @@ def storage_dtype(ckpt: Checkpoint) -> str:
     """The dtype a runtime would keep the KV cache in: config ``dtype`` / ``torch_dtype``, else the weights'."""
     cfg = ckpt.text_config
     for k in ("dtype", "torch_dtype"):
-        if isinstance(cfg.get(k), str) and cfg[k] in DTYPE_BYTES:
-            return _DTYPE_NAMES.get(cfg[k], cfg[k])
+        if isinstance(cfg.get(k), str) and cfg[k] in ("float32", "float", "bfloat16", "float16", "half", "float64"):
+            return torch_name(cfg[k])
     counts = ckpt.dtypes
     top = max(counts, key=counts.get) if counts else "F32"
-    return _DTYPE_NAMES.get(top, "float32")
+    return torch_name(top) if dtype_code(top) in FLOAT_CODES else "float32"
 
 
 def tensor_inventory(ckpt: Checkpoint, family: Family) -> dict:
@@ -147,7 +128,7 @@ def normalize_exits(ckpt: Checkpoint, exits: Sequence[dict] | None) -> list[dict
         out.append(d)
     full = [e for e in out if e["layers"] == list(range(L)) and not e.get("widths")]
     if not full:
-        name = FULL if FULL not in names else f"depth-{L}"
+        name = FULL if FULL not in names else exit_name(L)
         out.append({"name": name, "layers": list(range(L))})
     return out
 
@@ -197,3 +178,14 @@ def build_manifest(
         "exits": built,
         "provenance": {"operations": provenance if provenance is not None else read_chain(ckpt.path)},
     }
+
+
+def quality_records(q, common: dict, reference: str | None) -> list[dict]:
+    """The manifest's quality entries of one :class:`~surgeon.eval.ExitQuality` (KL and top-1 only
+    when measured against ``reference``, the full exit)."""
+    out = [dict(common, metric="loss", value=round(q.loss, 6)),
+           dict(common, metric="perplexity", value=round(q.perplexity, 6))]
+    if reference is not None and q.kl_full_exit is not None:
+        out += [dict(common, metric="kl_full_exit", value=round(max(q.kl_full_exit, 0.0), 6), reference=reference),
+                dict(common, metric="top1_agreement", value=round(q.top1_agreement, 6), reference=reference)]
+    return out

@@ -154,7 +154,7 @@ def _verify_exits(folder: Path, data: dict, checks: list[ExitCheck]) -> None:
     import torch
 
     from ..loading import load
-    from .measure import compare_record, exit_logits
+    from .verify import compare_record, exit_logits
 
     for e, c in zip(data["exits"], checks):
         rec = e.get("verification")

@@ -31,6 +31,8 @@ import time
 
 import torch
 
+from ..errors import UsageError
+from ..exits import prefix_depth, resolve_exit
 from .result import GenerationResult
 from .sampling import Sampler
 from .stack import SharedCache, Stack
@@ -98,3 +100,47 @@ def early_exit_generate(stack: Stack, input_ids: torch.Tensor, max_new_tokens: i
     res.exit_depths = res.exit_depths[: len(res.tokens)]
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def parse_thresholds(text: str) -> list[float] | dict[str, float]:
+    """``'0.9,0.8'`` -> [0.9, 0.8] (one per manifest exit); ``'10:0.9,20:0.8'`` -> {'10': 0.9, '20': 0.8}."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        if parts and all(":" in p for p in parts):
+            return {k.strip(): float(v) for k, v in (p.split(":", 1) for p in parts)}
+        return [float(p) for p in parts]
+    except ValueError:
+        raise UsageError(f"cannot read early-exit thresholds {text!r}",
+                         "give one probability per exit (0.9,0.9) or EXIT:THRESHOLD pairs (10:0.9,20:0.8)") from None
+
+
+def early_exit_plan(spec: list[float] | dict, num_layers: int, named: dict[str, list[int]]
+                    ) -> list[tuple[int, float]]:
+    """``[(depth, threshold), ...]`` sorted by depth, ending with ``(num_layers, 1.0)`` (the full model).
+
+    ``spec`` is a list of thresholds for the manifest's prefix exits (shallowest first, the full model
+    excluded) or a mapping ``exit -> threshold`` (layer counts or manifest names). Early exit needs
+    prefix exits: every exit's layers must be the first layers of the next one.
+    """
+    if isinstance(spec, str):
+        spec = parse_thresholds(spec)
+    manifest = [{"name": k, "layers": list(v)} for k, v in named.items()]
+    if isinstance(spec, dict):
+        pairs = [(tuple(resolve_exit(k, num_layers, manifest).layers), float(v)) for k, v in spec.items()]
+    else:
+        prefixes = sorted({d for d in (prefix_depth(v) for v in named.values()) if d and d < num_layers})
+        if len(spec) != len(prefixes):
+            raise UsageError(f"{len(spec)} thresholds for {len(prefixes)} intermediate prefix exits in the manifest",
+                             "give one threshold per exit, or EXIT:THRESHOLD pairs such as 10:0.9,20:0.8")
+        pairs = [(tuple(range(d)), t) for d, t in zip(prefixes, spec)]
+    out: dict[int, float] = {}
+    for layers, t in pairs:
+        d = prefix_depth(layers)
+        if d is None:
+            raise UsageError(f"early exit needs prefix exits, but one keeps layers {list(layers)}",
+                             "use exits made of the first K layers")
+        if not 0.0 <= t <= 1.0:
+            raise UsageError(f"threshold {t} is not a probability", "give thresholds in [0, 1]")
+        if d < num_layers:
+            out[d] = t
+    return sorted(out.items()) + [(num_layers, 1.0)]

@@ -20,19 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, UsageError
-from .exits import early_exit_plan, prefix_depth, read_manifest_exits, resolve_exit
+from ..exits import prefix_depth, resolve_exit
+from .early_exit import early_exit_plan
 from .result import GenerationResult
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "bfloat16": "bfloat16",
-          "float16": "float16", "float32": "float32"}
 
 
 class SortedModel:
     """One loaded causal LM plus its exits. Batch size 1 for generation."""
 
-    def __init__(self, model: Any, tokenizer: Any = None, exits: dict[str, tuple[int, ...]] | None = None,
+    def __init__(self, model: Any, tokenizer: Any = None, exits: dict[str, Any] | None = None,
                  path: Path | None = None):
         from .stack import Stack
 
@@ -41,7 +39,7 @@ class SortedModel:
         self.path = path
         self.stack = Stack(model)
         self.num_layers = self.stack.num_layers
-        self.exits = dict(exits or {})
+        self.exits = {k: tuple(v) for k, v in (exits or {}).items()}
         self._draft_heads: dict[int, Any] = {}  # id-order draft heads by size
 
     @classmethod
@@ -59,17 +57,16 @@ class SortedModel:
             raise UsageError(f"unknown kernels {kernels!r}", f"give one of {', '.join(KERNELS)}")
         if kernels != "stock" and device != "cpu":
             raise UsageError(f"kernels {kernels!r} are CPU kernels", "use --kernels stock on an accelerator")
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ..io.checkpoint import Checkpoint
+        from ..manifest.store import read_exits
+        from ..units import torch_dtype
 
         path = Path(path)
         ckpt = Checkpoint.open(path)  # clear errors for a missing config / weights
-        if isinstance(dtype, str):
-            if dtype not in DTYPES and dtype != "auto":
-                raise UsageError(f"unknown dtype {dtype!r}", "give bf16, fp16 or fp32")
-            dtype = "auto" if dtype == "auto" else getattr(torch, DTYPES[dtype])
+        if isinstance(dtype, str) and dtype != "auto":
+            dtype = torch_dtype(dtype)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto").to(device)
         except (OSError, ValueError) as e:
@@ -84,12 +81,15 @@ class SortedModel:
             from .kernels import pack_linears
 
             pack_linears(model)
-        return cls(model, tok, read_manifest_exits(path, ckpt.num_layers), path)
+        return cls(model, tok, read_exits(path, ckpt.num_layers), path)
 
     # -- exits -------------------------------------------------------------------------------------
     def layers_of(self, exit: int | str | None) -> tuple[int, ...]:
         """Kept layers of ``exit``: None = full, K = layers 0..K-1, or a manifest exit name."""
-        return resolve_exit(exit, self.num_layers, self.exits)
+        if exit is None:
+            return tuple(range(self.num_layers))
+        named = [{"name": k, "layers": list(v)} for k, v in self.exits.items()]
+        return tuple(resolve_exit(exit, self.num_layers, named, where=str(self.path or "the model")).layers)
 
     def exit_logits(self, input_ids: Any, exit: int | str | None = None) -> Any:
         """Logits of the sub-model ``exit`` for every position of ``input_ids`` ([batch, seq], no padding)."""

@@ -25,19 +25,12 @@ import logging
 import random
 from collections.abc import Sequence
 
-from .heads import ExitModules, capture_exits, exit_modules
+from ..data.training import IGNORE_INDEX
+from ..eval.capture import ExitModules, capture_exits, default_chunk_tokens, exit_modules
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 LOSS_MODES = ("sum", "stochastic")
-# Rows per chunk = this many logits / vocabulary size (64 MiB of float32 logits per chunk).
-CHUNK_ELEMENTS = 16 * 2**20
-MIN_CHUNK_TOKENS = 64
-
-
-def default_chunk_tokens(vocab_size: int) -> int:
-    return max(MIN_CHUNK_TOKENS, CHUNK_ELEMENTS // max(1, vocab_size))
 
 
 def _chunk_ce_and_grad(h, weight, bias, targets, softcap, want_grad: bool):

@@ -2,7 +2,9 @@
 
 Peak memory is about one tensor (raw copies use a 16 MiB buffer; casts and gathers materialize
 one tensor at a time). Output goes to a temp folder beside the target, renamed into place only
-when complete; the source is never modified.
+when complete; the source is never modified. The executor knows nothing about manifests: a
+``finalize(folder, provenance_chain)`` hook runs inside the temp folder before the rename (the
+command layer's output path stamps the sorted manifest there, see :mod:`surgeon.commands.output`).
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io.atomic import atomic_output
-from ..io.checkpoint import TORCH_DTYPES, Checkpoint
+from ..io.checkpoint import Checkpoint
 from ..io.writer import OutTensor, copy_range, write_index, write_shards, write_tensor
+from ..progress import Progress
 from ..provenance import operation, write_chain
+from ..units import torch_dtype
 from .plan import Plan, TensorOp
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3
 # Blank space kept in a single-file header so the sorted manifest can be stamped in afterwards.
 HEADER_RESERVE = 66 * 1024
 
-Progress = Callable[[int, int, str], None]
+Finalize = Callable[[Path, list], None]  # finalize(temp output folder, provenance chain)
 
 
 @dataclass
@@ -49,7 +53,7 @@ def materialize(ckpt: Checkpoint, op: TensorOp, transform: Callable | None = Non
         t = transform(t)
         if tuple(t.shape) != tuple(op.shape):
             raise ValueError(f"transform of {op.name} changed its shape {tuple(op.shape)} -> {tuple(t.shape)}")
-    return t.to(getattr(torch, TORCH_DTYPES[op.dtype]))
+    return t.to(torch_dtype(op.dtype))
 
 
 def execute(
@@ -61,20 +65,14 @@ def execute(
     extra_provenance: dict | None = None,
     progress: Progress | None = None,
     extra_files: dict[str, bytes] | None = None,
-    manifest_exits: list[dict] | None = None,
-    manifest_verify: bool | None = None,
+    finalize: Finalize | None = None,
 ) -> ExecuteResult:
     """Write the checkpoint described by ``plan`` to ``out`` (atomically).
 
     ``transforms`` maps output tensor names to functions applied to the (gathered) source tensor
     before the cast, e.g. a merged LoRA update. ``extra_provenance`` is merged into the provenance
-    entry for this operation (chosen block, distances, losses, ...).
-
-    Every output ends with its sorted manifest (``sorted_manifest.json``, written last, plus the
-    header copy). ``manifest_exits`` lists its exits as ``{"name", "layers", "widths"?, "quality"?}``
-    with ``layers`` indexing the OUTPUT model's layers (default: the full model only, which is always
-    added). ``manifest_verify`` records verification logits per exit (default: when the output has at
-    most 150M parameters (it loads the model); see :mod:`surgeon.manifest.command`).
+    entry for this operation (chosen block, distances, losses, ...). ``finalize(folder, chain)``
+    runs last inside the temp folder, with the provenance chain written there.
     """
     t0 = time.time()
     src = Path(plan.source)
@@ -112,9 +110,8 @@ def execute(
             num_source_layers=plan.num_source_layers, **(extra_provenance or {}),
         )
         chain = write_chain(tmp, src, entry)
-        from ..manifest.command import stamp
-
-        stamp(tmp, manifest_exits, chain, manifest_verify, strict=False)
+        if finalize is not None:
+            finalize(tmp, chain)
     return ExecuteResult(
         output=str(out), files=files, num_tensors=len(outs), num_parameters=plan.num_parameters,
         bytes_written=total, seconds=time.time() - t0, provenance=chain,

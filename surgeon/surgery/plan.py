@@ -15,15 +15,8 @@ from typing import Any
 from ..arch.registry import Family, resolve_family
 from ..errors import CheckpointError, UsageError
 from ..io.checkpoint import Checkpoint
-from ..io.safetensors_header import DTYPE_BYTES
+from ..units import FLOAT_CODES, dtype_bytes, dtype_code, torch_name
 from .config import config_diff, slice_layers_config
-
-DTYPE_ALIASES = {
-    "fp32": "F32", "float32": "F32", "f32": "F32",
-    "bf16": "BF16", "bfloat16": "BF16",
-    "fp16": "F16", "float16": "F16", "f16": "F16",
-}
-FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +33,7 @@ class TensorOp:
 
     @property
     def nbytes(self) -> int:
-        n = DTYPE_BYTES[self.dtype]
+        n = dtype_bytes(self.dtype)
         for d in self.shape:
             n *= d
         return n
@@ -104,16 +97,17 @@ class Plan:
 
 
 def normalize_dtype(dtype: str | None) -> str | None:
+    """The safetensors code of an output dtype option (None: keep each tensor's own)."""
     if dtype is None:
         return None
-    key = str(dtype).lower()
-    if key not in DTYPE_ALIASES:
-        raise UsageError(f"unknown dtype {dtype!r}", "use bf16, fp16 or fp32")
-    return DTYPE_ALIASES[key]
+    code = dtype_code(dtype)
+    if code not in FLOAT_CODES:
+        raise UsageError(f"output dtype {dtype!r} is not a float type", "use bf16, fp16 or fp32")
+    return code
 
 
 def _out_dtype(src_dtype: str, dtype: str | None) -> str:
-    return dtype if dtype and src_dtype in FLOAT_DTYPES else src_dtype
+    return dtype if dtype and src_dtype in FLOAT_CODES else src_dtype
 
 
 def check_config_matches_tensors(ckpt: Checkpoint, fam: Family) -> None:
@@ -196,7 +190,7 @@ def plan_layers(
     else:
         cfg = slice_layers_config(cfg, fam, keep)
     if out_dtype:
-        target = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[out_dtype]
+        target = torch_name(out_dtype)
         for k in ("dtype", "torch_dtype"):
             if k in cfg:
                 cfg[k] = target

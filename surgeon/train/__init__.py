@@ -58,9 +58,10 @@ The default is :func:`causal_lm_loss` (the model's own shifted cross-entropy on 
 
 Saving
 ------
-``surgeon.merge.save_merged(model, source, out, ...)`` merges LoRA deltas into the ORIGINAL float
-weights read from ``source`` (or writes fully fine-tuned weights) and streams a plain HF checkpoint
-through ``surgeon.surgery.execute``; ``surgeon.merge.save_adapter(model, folder)`` keeps the peft adapter.
+``surgeon.commands.output.save_merged(model, source, out, ...)`` merges LoRA deltas into the ORIGINAL
+float weights read from ``source`` (or writes fully fine-tuned weights; :func:`surgeon.train.merge.merge_transforms`)
+and streams a plain HF checkpoint through ``surgeon.surgery.execute``; ``surgeon.train.merge.save_adapter(model,
+folder)`` keeps the peft adapter.
 """
 
 from __future__ import annotations
@@ -70,7 +71,6 @@ from .loop import (
     StepInfo,
     TrainResult,
     causal_lm_loss,
-    collate,
     data_indices,
     latest_checkpoint,
     seed_everything,
@@ -81,6 +81,6 @@ from .schedule import effective_warmup, lr_factor
 
 __all__ = [
     "METHODS", "QUANTS", "ModelSetup", "StepInfo", "TrainConfig", "TrainResult", "causal_lm_loss",
-    "checkpoint_family", "collate", "data_indices", "effective_warmup", "latest_checkpoint",
+    "checkpoint_family", "data_indices", "effective_warmup", "latest_checkpoint",
     "load_trainable", "lr_factor", "seed_everything", "train", "trainable_state", "unwrap",
 ]

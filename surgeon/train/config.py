@@ -34,7 +34,7 @@ class ModelSetup:
             raise UsageError(f"unknown --quant {self.quant!r}", f"use one of {', '.join(QUANTS)}")
         if self.method == "full" and self.quant != "none":
             raise UsageError("--method full cannot train 4-bit weights",
-                             "pass --quant none with --method full, or use --method lora")
+                             "drop --quant nf4 (full fine-tuning trains the float weights), or use --method lora")
         if self.method == "lora" and self.rank < 1:
             raise UsageError(f"--rank must be at least 1 (got {self.rank})", "the paper used ranks 2-64; the default is 8")
         if not 0.0 <= self.dropout < 1.0:
@@ -77,21 +77,3 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class RecipeOptions:
-    """Mixin for command options that carry the shared recipe's fields (``method``, ``quant``,
-    ``rank``, ``alpha``, ``dropout``, ``target_modules``, ``gradient_checkpointing``, ``steps``,
-    ``lr``, ``warmup``, ``batch_size``, ``grad_accum``, ``seed``, ``save_every``): builds the typed
-    settings from them (``heal`` and ``soft`` both use it)."""
-
-    def model_setup(self) -> ModelSetup:
-        targets = tuple(t.strip() for t in self.target_modules.split(",") if t.strip()) if self.target_modules else None
-        if self.target_modules is not None and not targets:
-            raise UsageError("--target-modules is empty", "give module names such as gate_proj,up_proj,down_proj")
-        return ModelSetup(method=self.method, quant=self.quant, rank=self.rank, alpha=self.alpha, dropout=self.dropout,
-                          target_modules=targets, gradient_checkpointing=self.gradient_checkpointing)
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(steps=self.steps, lr=self.lr, warmup=self.warmup, batch_size=self.batch_size,
-                           grad_accum=self.grad_accum, seed=self.seed, save_every=self.save_every)

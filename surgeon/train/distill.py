@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..data.training import IGNORE_INDEX
 from ..errors import UsageError
 
 MODES = ("none", "logits", "residual")
@@ -45,7 +46,7 @@ def distill_loss(teacher, mode: str, weight: float = 1.0, cut: tuple[int, int] |
         s_out = model(**inputs, labels=batch["labels"], use_cache=False, output_hidden_states=hidden)
         ce = s_out.loss
         if mode == "logits":
-            mask = (batch["labels"][:, 1:] != -100)  # positions whose next token is scored
+            mask = (batch["labels"][:, 1:] != IGNORE_INDEX)  # positions whose next token is scored
             s = F.log_softmax(s_out.logits[:, :-1].float(), dim=-1)[mask]
             t = F.log_softmax(t_out.logits[:, :-1].float(), dim=-1)[mask]
             aux = F.kl_div(s, t, log_target=True, reduction="batchmean")

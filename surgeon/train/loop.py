@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from ..data.training import collate
 from ..errors import DataError, UsageError
 from .config import TrainConfig
-from .model import load_trainable_state, trainable_state, unwrap, use_cpu_processes
+from .model import load_trainable_state, trainable_state, use_cpu_processes
 from .schedule import effective_warmup, lr_factor, set_lr
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 LATEST = "latest"
 OOM_HINT = ("lower --batch-size (raise --grad-accum to keep the same effective batch), lower --seq-len, "
             "or add --gradient-checkpointing / --quant nf4")
@@ -83,23 +83,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- batches
-def collate(examples: Sequence[dict], pad_id: int = 0) -> dict:
-    """Right-pad ``{"input_ids", "labels"}`` examples into ``input_ids``/``attention_mask``/``labels``
-    tensors (``labels`` default to ``input_ids``; padding is labelled -100)."""
-    import torch
-
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[i, :n] = torch.as_tensor(list(e["input_ids"]), dtype=torch.long)
-        labels[i, :n] = torch.as_tensor(list(e.get("labels", e["input_ids"])), dtype=torch.long)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
 def causal_lm_loss(model, batch: dict):
     """The default ``loss_fn``: mean next-token cross-entropy over labels != -100."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
@@ -346,5 +329,5 @@ class _null:
         return False
 
 
-__all__ = ["StepInfo", "TrainResult", "collate", "causal_lm_loss", "data_indices", "latest_checkpoint",
-           "seed_everything", "train", "unwrap"]
+__all__ = ["StepInfo", "TrainResult", "causal_lm_loss", "data_indices", "latest_checkpoint", "seed_everything",
+           "train"]

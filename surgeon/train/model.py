@@ -77,7 +77,7 @@ def resolve_targets(setup: ModelSetup, family: Family, model) -> list[str]:
     return targets
 
 
-def _compute_dtype(device, ckpt_dtype: str | None):
+def compute_dtype(device):
     """fp32 on CPU (bf16 matmuls are slow there); bf16 on GPUs that support it, else fp32."""
     import torch
 
@@ -104,7 +104,7 @@ def load_trainable(path: str | Path, setup: ModelSetup, family: Family | None = 
 
     family = family or checkpoint_family(path)
     device = torch.device(device) if device is not None else default_device()
-    dtype = torch.float32 if setup.method == "full" else _compute_dtype(device, None)
+    dtype = torch.float32 if setup.method == "full" else compute_dtype(device)
     kwargs: dict = {"dtype": dtype, "use_safetensors": True}
     if setup.quant == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -148,10 +148,13 @@ def load_trainable(path: str | Path, setup: ModelSetup, family: Family | None = 
     return model
 
 
-def unwrap(model):
-    """The underlying module of a DDP / accelerate-wrapped model."""
-    while hasattr(model, "module") and not hasattr(model, "peft_config"):
+def unwrap(model, peft: bool = False):
+    """The module inside DDP / accelerate wrappers; with ``peft=True`` also inside a peft model
+    (the Hugging Face ``*ForCausalLM`` its adapters wrap)."""
+    while hasattr(model, "module") and not hasattr(model, "peft_config") and not hasattr(model, "config"):
         model = model.module
+    if peft and hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     return model
 
 

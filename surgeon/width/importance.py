@@ -17,14 +17,14 @@ and an attention mask (padding positions are excluded from the means).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..arch.registry import Family
+from ..data.training import collate
+from ..progress import Progress
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int, str], None]
 
 
 @dataclass
@@ -52,8 +52,6 @@ def width_importance(
 ) -> WidthImportance:
     """Score every layer's FFN channels and KV groups of ``model`` on ``sequences`` (see module doc)."""
     import torch
-
-    from ..train.loop import collate
 
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     nh = cfg.num_attention_heads

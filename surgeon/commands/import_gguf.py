@@ -12,14 +12,26 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError, UsageError
-from .io.atomic import atomic_output, check_output
-from .provenance import operation, sha256_file, write_chain
+from ..errors import CheckpointError, UsageError
+from ..io.atomic import atomic_output, check_output
+from ..options import opt
+from ..provenance import operation, sha256_file, write_chain
+from ..units import FLOAT_CHOICES, torch_name
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-          "fp16": "float16", "float16": "float16"}
+
+@dataclass(frozen=True)
+class ImportOptions:
+    gguf_file: Path = opt(help="The .gguf file.", cli=False)
+    output: Path | None = opt(None, "Output checkpoint folder.", flags=("-o", "--output"))
+    dtype: str = opt("fp32", "Float dtype of the dequantized weights (fp32 keeps GGUF values exactly).",
+                     choices=FLOAT_CHOICES)
+    force: bool = opt(False, "Replace a non-empty output folder.")
+
+    def __post_init__(self):
+        if self.output is None:
+            raise UsageError("-o/--output is required", "give an output folder for the imported checkpoint")
 
 
 @dataclass
@@ -32,10 +44,15 @@ class ImportResult:
     source_sha256: str
 
 
+def run(opts: ImportOptions) -> ImportResult:
+    """``surgeon import-gguf``: see :func:`import_gguf`."""
+    return import_gguf(opts.gguf_file, opts.output, dtype=opts.dtype, force=opts.force)
+
+
 def import_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "fp32", force: bool = False) -> ImportResult:
     """Convert ``gguf_file`` into a Hugging Face folder at ``out`` (atomically)."""
     gguf_file = Path(gguf_file)
-    if dtype not in DTYPES:
+    if dtype not in FLOAT_CHOICES and dtype not in ("float32", "bfloat16", "float16"):
         raise UsageError(f"unknown dtype {dtype!r}", "use fp32, bf16 or fp16")
     if not gguf_file.is_file():
         raise CheckpointError(f"{gguf_file} does not exist", "give the path of a .gguf file")
@@ -51,7 +68,7 @@ def import_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "fp32", for
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = getattr(torch, DTYPES[dtype])
+    torch_dtype = getattr(torch, torch_name(dtype))
     folder, name = str(gguf_file.parent), gguf_file.name
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch_dtype)
@@ -74,10 +91,10 @@ def import_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "fp32", for
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_chain(tmp, None, operation(
-            "import-gguf", gguf_file, {"dtype": DTYPES[dtype]}, source_sha256=source_sha,
+            "import-gguf", gguf_file, {"dtype": torch_name(dtype)}, source_sha256=source_sha,
         ))
     n = sum(p.numel() for p in model.parameters())
     return ImportResult(
         output=str(out), architecture=model.config.architectures[0] if model.config.architectures else model.config.model_type,
-        num_layers=model.config.num_hidden_layers, num_parameters=n, dtype=DTYPES[dtype], source_sha256=source_sha,
+        num_layers=model.config.num_hidden_layers, num_parameters=n, dtype=torch_name(dtype), source_sha256=source_sha,
     )

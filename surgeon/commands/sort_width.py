@@ -13,40 +13,31 @@ of ``--data`` (``role="train"``: the held-out passages of a local file stay unse
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.calibration import check_calibration_args
-from ..errors import UsageError
 from ..io.checkpoint import Checkpoint
-from ..options import opt
-from ..surgery.execute import DEFAULT_MAX_SHARD_BYTES, ExecuteResult, Progress, execute
+from ..options import CalibrationOptions, OutputOptions, as_record, opt, with_default
+from ..progress import Progress
+from ..surgery.execute import ExecuteResult
 from ..surgery.plan import Plan
-from ..units import parse_size
-from .importance import WidthImportance, width_importance
-from .plan import plan_width
+from ..width.importance import WidthImportance, width_importance
+from ..width.plan import plan_width
+from .output import write_output
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SortWidthOptions:
+@dataclass(frozen=True, kw_only=True)
+class SortWidthOptions(OutputOptions, CalibrationOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
-    output: Path | None = opt(None, "Output checkpoint folder.", flags=("-o", "--output"))
-    data: str = opt("c4", "Calibration data: c4, hf:NAME[:CONFIG][@SPLIT], builtin:sotu, or a .txt/.jsonl/.parquet file.")
-    samples: int = opt(128, "Calibration sequences (the first N usable documents).")
-    seq_len: int = opt(512, "Tokens per calibration sequence.")
-    pack: bool = opt(False, "Concatenate short documents instead of skipping them.")
-    batch_size: int = opt(4, "Sequences per forward pass.")
-    dtype: str | None = opt(None, "Convert floating weights while streaming.", choices=("bf16", "fp16", "fp32"))
-    max_shard_size: str = opt("5GB", "Largest output shard.")
-    force: bool = opt(False, "Replace a non-empty output folder.")
+    samples: int = with_default(CalibrationOptions, "samples", 128)
+    seq_len: int = with_default(CalibrationOptions, "seq_len", 512)
+    batch_size: int = with_default(CalibrationOptions, "batch_size", 4)
 
     def __post_init__(self):
-        if self.output is None:
-            raise UsageError("-o/--output is required", "give an output folder for the sorted checkpoint")
-        check_calibration_args(self.samples, self.seq_len, self.batch_size)
-        parse_size(self.max_shard_size, "--max-shard-size")
+        self.check_output("sorted checkpoint")
+        self.check_calibration()
 
 
 @dataclass
@@ -64,7 +55,7 @@ class SortWidthResult:
         return {"ffn": sum(f) / max(len(f), 1), "kv": sum(k) / max(len(k), 1)}
 
 
-def sort_width(opts: SortWidthOptions, progress: Progress | None = None) -> SortWidthResult:
+def run(opts: SortWidthOptions, progress: Progress | None = None) -> SortWidthResult:
     """Score channels/heads on calibration data, then stream out the permuted checkpoint."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -83,14 +74,13 @@ def sort_width(opts: SortWidthOptions, progress: Progress | None = None) -> Sort
     imp = width_importance(model, fam, calib.input_ids, batch_size=opts.batch_size, progress=progress)
     del model
     order = imp.order()
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+    options = as_record(opts)
     plan = plan_width(ckpt, order=order, operation="sort-width", dtype=opts.dtype, options=options)
     extra = {
         "calibration": calib.describe(),
         "score": "ffn: mean |input of down_proj|; kv group: mean sum of its query heads' ||o_proj input||_2",
         "permutation": {str(i): o for i, o in order.items()},
     }
-    res = execute(plan, opts.output, force=opts.force,
-                  max_shard_bytes=parse_size(opts.max_shard_size) if opts.max_shard_size else DEFAULT_MAX_SHARD_BYTES,
-                  extra_provenance=extra, progress=progress)
+    res = write_output(plan, opts.output, force=opts.force, max_shard_bytes=opts.max_shard_bytes,
+                       extra_provenance=extra, progress=progress)
     return SortWidthResult(plan, imp, order, calib.describe(), res)

@@ -29,11 +29,11 @@ def _import_harness():
     return lm_eval, HFLM
 
 
-def run_tasks(path: str | Path, exits: list[int | str | None], tasks: list[str] | str, limit: int | None = None,
+def run_tasks(path: str | Path, exits: list, tasks: list[str] | str, limit: int | None = None,
               batch_size: int = 1, dtype: str | None = None) -> dict[str, Any]:
     """Run harness ``tasks`` on each exit of ``path``; returns ``{"exits": {exit: harness results}, ...}``.
 
-    ``exits``: layer counts, manifest names, or None for the full model. ``limit``: examples per task
+    ``exits``: layer counts, manifest names, exit specs, or None for the full model. ``limit``: examples per task
     (None = all). Raises DataError when lm_eval or a task's data is unavailable.
     """
     if isinstance(tasks, str):
@@ -41,14 +41,14 @@ def run_tasks(path: str | Path, exits: list[int | str | None], tasks: list[str] 
     if not tasks:
         raise UsageError("no tasks given", "name lm-evaluation-harness tasks, e.g. --tasks hellaswag,arc_easy")
     lm_eval, HFLM = _import_harness()
-    from .sorted_model import SortedModel
+    from ..runtime.sorted_model import SortedModel
 
     sm = SortedModel.from_pretrained(path, dtype=dtype)
     for e in exits:  # resolve every exit before the first (slow) run
         sm.layers_of(e)
     out: dict[str, Any] = {}
     for e in exits:
-        key = "full" if e is None else str(e)
+        key = "full" if e is None else str(getattr(e, "name", None) or getattr(e, "depth", None) or e)
         with sm.as_exit(e) as model:
             lm = HFLM(pretrained=model, tokenizer=sm.tokenizer, batch_size=batch_size)
             try:

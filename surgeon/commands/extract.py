@@ -9,21 +9,23 @@ important". Widths are uniform across layers (stock transformers configs have on
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import UsageError
-from .io.checkpoint import Checkpoint
-from .options import opt
-from .surgery.execute import ExecuteResult, Progress, execute
-from .surgery.plan import Plan, plan_extract_depth
-from .units import parse_count, parse_size
+from ..errors import UsageError
+from ..exits import parse_layers
+from ..io.checkpoint import Checkpoint
+from ..options import OutputOptions, as_record, opt
+from ..progress import Progress
+from ..surgery.execute import ExecuteResult
+from ..surgery.plan import Plan, plan_extract_depth
+from ..units import parse_count
+from .output import write_output
 
 
-@dataclass(frozen=True)
-class ExtractOptions:
+@dataclass(frozen=True, kw_only=True)
+class ExtractOptions(OutputOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
-    output: Path | None = opt(None, "Output checkpoint folder.", flags=("-o", "--output"))
     depth: int | None = opt(None, "Keep layers 0..DEPTH-1 with the shared final norm and LM head.")
     layers: str | None = opt(None, "Keep these layers instead of a prefix, e.g. '0-11,14' (0-based, inclusive ranges).")
     ffn: str | None = opt(None, "Keep the first FFN channels of every layer: a fraction in (0, 1] or a count "
@@ -35,10 +37,7 @@ class ExtractOptions:
     max_params: str | None = opt(None, "Extract the largest manifest exit with at most this many parameters "
                                        "(e.g. 1.5e9, 135M).")
     max_flops: str | None = opt(None, "Extract the largest manifest exit with at most this many FLOPs per token.")
-    dtype: str | None = opt(None, "Convert floating weights while streaming.", choices=("bf16", "fp16", "fp32"))
-    max_shard_size: str = opt("5GB", "Largest output shard.")
     dry_run: bool = opt(False, "Print the plan and write nothing.")
-    force: bool = opt(False, "Replace a non-empty output folder.")
 
     def __post_init__(self):
         by_manifest = self.exit is not None or self.max_params is not None or self.max_flops is not None
@@ -53,9 +52,7 @@ class ExtractOptions:
             raise UsageError("--exit names an exit and --max-params/--max-flops choose one by budget", "give one")
         if self.depth is not None and self.layers is not None:
             raise UsageError("--depth and --layers both choose the kept layers", "give one of them")
-        if self.output is None and not self.dry_run:
-            raise UsageError("-o/--output is required", "give an output folder, or use --dry-run")
-        parse_size(self.max_shard_size, "--max-shard-size")
+        self.check_output("plan", dry_run=self.dry_run)
 
 
 @dataclass
@@ -64,36 +61,14 @@ class ExtractResult:
     result: ExecuteResult | None
 
 
-def parse_layers(text: str, num_layers: int) -> list[int]:
-    """``'0-11,14'`` -> ``[0, ..., 11, 14]``; strictly increasing, each in 0..num_layers-1."""
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise UsageError(f"cannot read --layers {text!r}", "give 0-based layers and inclusive ranges, e.g. 0-11,14") from None
-    if not out or any(b <= a for a, b in zip(out, out[1:])):
-        raise UsageError(f"--layers {text!r} is empty or not increasing", "list each layer once, in order, e.g. 0-11,14")
-    bad = [i for i in out if not 0 <= i < num_layers]
-    if bad:
-        raise UsageError(f"--layers names layer {bad[0]}, but the model has {num_layers} (0..{num_layers - 1})",
-                         "use 0-based indices below the layer count")
-    return out
-
-
 def build_plan(opts: ExtractOptions) -> Plan:
     ckpt = Checkpoint.open(opts.model)
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+    options = as_record(opts)
     if opts.exit is not None or opts.max_params is not None or opts.max_flops is not None:
         return _plan_manifest_exit(ckpt, opts, options)
     if opts.ffn is None and opts.heads is None and opts.layers is None:
         return plan_extract_depth(ckpt, opts.depth, opts.dtype, options)
-    from .width import plan_width
+    from ..width import plan_width
 
     if opts.layers is not None:
         keep = parse_layers(opts.layers, ckpt.num_layers)
@@ -108,16 +83,15 @@ def build_plan(opts: ExtractOptions) -> Plan:
 
 
 def _plan_manifest_exit(ckpt: Checkpoint, opts: ExtractOptions, options: dict) -> Plan:
-    from dataclasses import replace
-
-    from .loading import choose_exit
-    from .manifest.build import exit_plan
-    from .manifest.store import read_manifest
+    from ..exits import resolve_exit
+    from ..manifest.build import exit_plan
+    from ..manifest.store import read_manifest
 
     found = read_manifest(ckpt.path)
     budget = {k: parse_count(v, f"--{k.replace('_', '-')}") for k, v in
               (("max_params", opts.max_params), ("max_flops", opts.max_flops)) if v is not None}
-    choice = choose_exit(ckpt, found[0] if found else None, opts.exit, **budget)
+    choice = resolve_exit(opts.exit, ckpt.num_layers, found[0]["exits"] if found else (), where=str(ckpt.path),
+                          **budget)
     plan = exit_plan(ckpt, choice.layers, choice.widths, opts.dtype)
     options = dict(options, exit=choice.name, exit_layers=choice.layers, exit_widths=choice.widths)
     return replace(plan, operation="extract", options=dict(plan.options, **options))
@@ -125,7 +99,7 @@ def _plan_manifest_exit(ckpt: Checkpoint, opts: ExtractOptions, options: dict) -
 
 def nested_exits(plan: Plan) -> list[dict] | None:
     """Exits of the source manifest that are prefixes of an extracted prefix exit (still valid in the output)."""
-    from .manifest.store import read_manifest
+    from ..manifest.store import read_manifest
 
     kept = list(plan.kept_layers)
     if plan.options.get("exit_widths") or plan.options.get("width") or kept != list(range(len(kept))):
@@ -137,10 +111,10 @@ def nested_exits(plan: Plan) -> list[dict] | None:
             for e in found[0]["exits"] if not e.get("widths") and e["layers"] == kept[:len(e["layers"])]]
 
 
-def extract(opts: ExtractOptions, progress: Progress | None = None) -> ExtractResult:
+def run(opts: ExtractOptions, progress: Progress | None = None) -> ExtractResult:
+    """``surgeon extract``: plan the sub-model and stream it out (nothing written with ``dry_run``)."""
     plan = build_plan(opts)
     if opts.dry_run:
         return ExtractResult(plan, None)
-    return ExtractResult(plan, execute(plan, opts.output, force=opts.force,
-                                       max_shard_bytes=parse_size(opts.max_shard_size), progress=progress,
-                                       manifest_exits=nested_exits(plan)))
+    return ExtractResult(plan, write_output(plan, opts.output, force=opts.force, max_shard_bytes=opts.max_shard_bytes,
+                                            progress=progress, exits=nested_exits(plan)))

@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .arch.registry import resolve_family, unknown_layer_keys
-from .io.checkpoint import Checkpoint
+from ..arch.registry import resolve_family, unknown_layer_keys
+from ..io.checkpoint import Checkpoint
+from ..manifest.model import MANIFEST_FILE
+from ..options import opt
 
-MANIFEST_FILE = "sorted_manifest.json"
+
+@dataclass(frozen=True)
+class InspectOptions:
+    model: Path = opt(help="Checkpoint folder.", cli=False)
 
 
 @dataclass
@@ -50,8 +55,8 @@ class InspectReport:
 
 def _manifest_summary(path: Path) -> dict | None:
     """The sorted manifest's exits (sidecar, else the header copy), or an ``error`` entry when invalid."""
-    from .manifest.model import ManifestError
-    from .manifest.store import read_manifest
+    from ..manifest.model import ManifestError
+    from ..manifest.store import read_manifest
 
     try:
         found = read_manifest(path)
@@ -67,6 +72,11 @@ def _manifest_summary(path: Path) -> dict | None:
                    "parameters": e["cost"]["parameters"]["total"], "flops_per_token": e["cost"]["flops_per_token"]}
                   for e in data["exits"]],
     }
+
+
+def run(opts: InspectOptions) -> InspectReport:
+    """``surgeon inspect``: describe ``opts.model`` from its config and headers, loading no tensor."""
+    return inspect_checkpoint(opts.model)
 
 
 def inspect_checkpoint(path: str | Path) -> InspectReport:

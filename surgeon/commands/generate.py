@@ -1,4 +1,5 @@
-"""``surgeon generate``: options and the one library call the CLI makes."""
+"""``surgeon generate``: text from one exit, self-speculative decoding or confidence early exit,
+through the reference runtime (:class:`surgeon.runtime.SortedModel`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..options import opt
-from .result import GenerationResult
+from ..runtime.result import GenerationResult
+from ..units import FLOAT_CHOICES
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class GenerateOptions:
     top_p: float = opt(1.0, "Nucleus sampling mass (with --sample).")
     seed: int = opt(0, "Sampling seed (with --sample).")
     chat: bool = opt(False, "Wrap the prompt in the tokenizer's chat template.")
-    dtype: str | None = opt(None, "Load the weights in this dtype (default: as stored).", choices=("bf16", "fp16", "fp32"))
+    dtype: str | None = opt(None, "Load the weights in this dtype (default: as stored).", choices=FLOAT_CHOICES)
     kernels: str = opt("stock", "CPU kernels for the linear layers: stock (PyTorch's) or onednn (prepacked weights: "
                                 "faster decoding and near-free verification of drafts; the linear layers' memory "
                                 "doubles).", choices=("stock", "onednn"))
@@ -88,9 +90,9 @@ class GenerateReport:
                 "matches_baseline": self.matches_baseline}
 
 
-def generate_text(opts: GenerateOptions) -> GenerateReport:
+def run(opts: GenerateOptions) -> GenerateReport:
     """Load ``opts.model`` once and generate as the options say (plus the full-model baseline with --compare)."""
-    from .sorted_model import SortedModel
+    from ..runtime.sorted_model import SortedModel
 
     sm = SortedModel.from_pretrained(opts.model, dtype=opts.dtype, kernels=opts.kernels)
     ids = sm.encode(opts.prompt, chat=opts.chat)

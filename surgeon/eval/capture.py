@@ -15,8 +15,17 @@ from dataclasses import dataclass
 
 from ..arch.registry import resolve_family
 from ..errors import UsageError
+from ..train.model import unwrap
 
 log = logging.getLogger(__name__)
+
+# Rows per chunk of full-vocabulary logits = this many logits / vocabulary size (64 MiB of float32).
+CHUNK_ELEMENTS = 16 * 2**20
+MIN_CHUNK_TOKENS = 64
+
+
+def default_chunk_tokens(vocab_size: int) -> int:
+    return max(MIN_CHUNK_TOKENS, CHUNK_ELEMENTS // max(1, vocab_size))
 
 
 @dataclass
@@ -41,18 +50,9 @@ class ExitModules:
         return logits
 
 
-def unwrap(model):
-    """The Hugging Face ``*ForCausalLM`` inside DDP / accelerate / peft wrappers."""
-    while hasattr(model, "module") and not hasattr(model, "config"):
-        model = model.module  # DDP
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()  # peft
-    return model
-
-
 def exit_modules(model) -> ExitModules:
     """Locate the decoder layers, final norm and LM head of ``model`` (see module doc)."""
-    base = unwrap(model)
+    base = unwrap(model, peft=True)
     config = base.config
     family = resolve_family(config.to_dict())
     try:

@@ -1,12 +1,13 @@
-"""Write a trained model as a plain Hugging Face checkpoint: LoRA merged into the original weights.
+"""Merging training into the source's weights: the LoRA deltas, or the fully trained weights.
 
 The LoRA update ``delta = (B @ A) * scaling`` (float32) is added to the **original float
 weights read from the source checkpoint**, never to the dequantized 4-bit weights the adapter
-was trained against, and the result streams through :func:`surgeon.surgery.execute` with its
-``transforms`` hook: one tensor in memory at a time, atomic output, provenance appended. A fully
-fine-tuned model writes its trained weights through the same path. No adapter folder is needed
-to load the output. Fused projections (Phi-3 ``gate_up_proj``, ``qkv_proj``) carry one adapter
-over the whole fused matrix, so their delta has the fused tensor's shape and adds in place.
+was trained against: :func:`merge_transforms` gives the per-tensor ``transforms`` the streaming
+executor applies (one tensor in memory at a time; :func:`surgeon.commands.output.save_merged`
+writes the checkpoint), :func:`apply_in_memory` the same weights in a loaded model. A fully
+fine-tuned model's trained weights replace the source's through the same path. Fused projections
+(Phi-3 ``gate_up_proj``, ``qkv_proj``) carry one adapter over the whole fused matrix, so their
+delta has the fused tensor's shape and adds in place.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import UsageError
-from .io.checkpoint import Checkpoint
-from .surgery.execute import DEFAULT_MAX_SHARD_BYTES, ExecuteResult, execute
-from .surgery.plan import plan_layers
-from .train.model import unwrap
+from ..errors import UsageError
+from ..io.checkpoint import Checkpoint
+from .model import unwrap
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ def merge_transforms(model, ckpt: Checkpoint) -> dict[str, Callable]:
 
 def apply_in_memory(float_model, trained) -> None:
     """Add ``trained``'s LoRA deltas (or copy its full weights) into ``float_model``'s parameters:
-    the exact weights :func:`save_merged` writes, for evaluating the output before writing it."""
+    the weights the merged output holds, for evaluating it before writing it."""
     import torch
 
     params = dict(float_model.named_parameters())
@@ -104,36 +103,9 @@ def apply_in_memory(float_model, trained) -> None:
                     params[k].copy_(w.to(params[k].device, params[k].dtype))
 
 
-def save_merged(
-    model,
-    source: str | Path,
-    out: str | Path,
-    *,
-    dtype: str | None = None,
-    force: bool = False,
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-    options: dict | None = None,
-    extra_provenance: dict | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
-    operation: str = "heal",
-) -> ExecuteResult:
-    """Stream ``source`` to ``out`` with ``model``'s training merged in (see module doc).
-
-    ``model`` is a peft LoRA model (merged as deltas on the source's float weights) or a plain
-    fully fine-tuned model (its weights replace the source's). ``dtype`` converts floats
-    (bf16/fp16/fp32; default: keep the source's dtypes). Returns the executor's result.
-    """
-    ckpt = Checkpoint.open(source)
-    transforms = merge_transforms(model, ckpt)
-    plan = plan_layers(ckpt, list(range(ckpt.num_layers)), operation, dtype, options or {})
-    log.info("merging %d trained tensors into %s", len(transforms), source)
-    return execute(plan, out, force=force, max_shard_bytes=max_shard_bytes, transforms=transforms,
-                   extra_provenance=extra_provenance, progress=progress)
-
-
 def save_adapter(model, folder: str | Path, force: bool = True) -> Path:
     """Write the peft adapter (``adapter_config.json`` + ``adapter_model.safetensors``) atomically."""
-    from .io.atomic import atomic_output
+    from ..io.atomic import atomic_output
 
     if not is_peft(model):
         raise UsageError("--save-adapter needs a LoRA model", "drop --save-adapter with --method full")

@@ -1,0 +1,69 @@
+"""The similarity measurement on a checkpoint (``surgeon analyze`` and ``prune --strategy similarity``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from ..errors import CheckpointError
+from ..progress import Progress
+from ..units import torch_dtype as _torch_dtype
+from .report import AnalysisResult, build_result
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} has no usable tokenizer ({e.__class__.__name__})",
+                              "the analysis tokenizes the calibration text: put the tokenizer files beside the weights") from None
+
+
+def compute_analysis(model: Path, data: str = "c4", *, samples: int = 256, seq_len: int = 1024, pack: bool = False,
+                     shuffle: bool = False, seed: int = 0, batch_size: int = 8, dtype: str = "fp32",
+                     offload: str = "none", role: str = "all", progress: Progress | None = None) -> AnalysisResult:
+    """Angular distances, l*(n) and Block Influence of the checkpoint at ``model`` (nothing written).
+
+    Raises :class:`~surgeon.errors.CheckpointError` for an unreadable checkpoint or tokenizer and
+    :class:`~surgeon.errors.DataError` / :class:`~surgeon.errors.UsageError` for unusable data.
+    """
+
+    from ..arch.registry import resolve_family
+    from ..data import calibration_samples
+    from ..io.checkpoint import Checkpoint
+    from .offload import offloaded_similarity
+    from .similarity import layer_similarity, make_batches
+
+    t0 = time.time()
+    ckpt = Checkpoint.open(model)
+    if ckpt.text_config is not ckpt.config:
+        raise CheckpointError(f"{model} is a multimodal wrapper", "save the language model on its own and analyze that")
+    family = resolve_family(ckpt.config, list(ckpt.tensors))
+    tok = load_tokenizer(ckpt.path)
+    calib = calibration_samples(data, tok, samples=samples, seq_len=seq_len, pack=pack, shuffle=shuffle,
+                                seed=seed, role=role)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    batches = make_batches(calib.input_ids, batch_size, padding="right", pad_id=pad)
+    torch_dtype = _torch_dtype(dtype)
+    if offload == "layer":
+        table = offloaded_similarity(ckpt, family.layers, batches, torch_dtype, progress)
+    else:
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # surgeon draws its own
+        m = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch_dtype)
+        table = layer_similarity(m, family.layers, batches, progress)
+        del m
+    if table.num_layers != ckpt.num_layers:
+        raise CheckpointError(f"the model ran {table.num_layers} layers but config.json says {ckpt.num_layers}",
+                              "the checkpoint and its config disagree")
+    return build_result(
+        table, model=str(model), seq_len=seq_len, data=calib.spec, data_source=calib.describe(),
+        dtype=dtype, offload=offload, seconds=time.time() - t0,
+    )

@@ -1,0 +1,49 @@
+"""``surgeon analyze``: angular distances between layers, l*(n), Block Influence; analysis.json + heatmap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..analyze.compute import compute_analysis
+from ..analyze.report import JSON_NAME, PNG_NAME, AnalysisResult, write_heatmap, write_json
+from ..options import CalibrationOptions, opt
+from ..progress import Progress
+from ..units import FLOAT_CHOICES
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalyzeOptions(CalibrationOptions):
+    model: Path = opt(help="Checkpoint folder.", cli=False)
+    shuffle: bool = opt(False, "Shuffle the documents (seeded) before taking the first --samples.")
+    seed: int = opt(0, "Seed for --shuffle.")
+    role: str = opt("all", "Records to use: all (hub: validation split), train (local files: all but every 20th "
+                    "record, which is held out for evaluation), eval.", choices=("all", "train", "eval"))
+    dtype: str = opt("fp32", "Compute dtype of the model.", choices=FLOAT_CHOICES[::-1])
+    offload: str = opt("none", "`layer`: keep one decoder layer in memory at a time (models larger than RAM).",
+                       choices=("none", "layer"))
+    out: Path = opt(Path("analysis"), "Output folder for analysis.json and angular_distance.png.", flags=("-o", "--out"))
+    force: bool = opt(False, "Replace a non-empty output folder that holds other files.")
+
+    def __post_init__(self):
+        self.check_calibration()
+
+
+def run(opts: AnalyzeOptions, progress: Progress | None = None) -> AnalysisResult:
+    """Run the analysis and write ``analysis.json`` + ``angular_distance.png`` to ``opts.out``.
+
+    A folder holding only a previous analysis is replaced without ``--force``.
+    """
+    from ..io.atomic import atomic_output, check_output
+
+    out = Path(opts.out)
+    previous = out.is_dir() and {p.name for p in out.iterdir()} <= {JSON_NAME, PNG_NAME}
+    check_output(out, Path(opts.model), force=opts.force or previous)  # fail before the forward pass
+    res = compute_analysis(opts.model, opts.data, samples=opts.samples, seq_len=opts.seq_len, pack=opts.pack,
+                           shuffle=opts.shuffle, seed=opts.seed, batch_size=opts.batch_size, dtype=opts.dtype,
+                           offload=opts.offload, role=opts.role, progress=progress)
+    with atomic_output(out, Path(opts.model), force=opts.force or previous) as tmp:
+        write_json(res, tmp / JSON_NAME)
+        write_heatmap(res, tmp / PNG_NAME)
+    res.files = [str(out / JSON_NAME), str(out / PNG_NAME)]
+    return res

@@ -1,0 +1,129 @@
+"""``surgeon eval``: held-out loss, perplexity, KL(full || exit) and top-1 agreement of exits.
+
+The exits (``--exit``, the one ``--exits`` grammar: layer counts, narrowed prefixes, manifest names;
+or ``--all-exits``: the recorded prefix exits) are measured by the metrics engine
+(:func:`surgeon.eval.measure_exits`) on the held-out role of ``--data``: one loaded model, every
+exit read through the shared final norm and LM head. ``--tasks`` runs lm-evaluation-harness tasks on
+each exit instead (:func:`surgeon.eval.harness.run_tasks`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import CheckpointError, UsageError
+from ..eval.metrics import ExitQuality
+from ..exits import ExitSpec
+from ..options import opt
+from ..progress import Progress
+from ..units import FLOAT_CHOICES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    model: Path = opt(help="Checkpoint folder.", cli=False)
+    data: str = opt("builtin:sotu", "Evaluation data spec (its held-out slice / validation split is used).")
+    exit: str | None = opt(None, "Exit(s) to evaluate: layer counts (10,20), narrowed prefixes (24:ffn=0.5) or "
+                                 "manifest exit names, comma-separated.", flags=("--exit", "--exits"), metavar="K")
+    all_exits: bool = opt(False, "Evaluate every recorded exit (manifest or provenance; else the default spread).")
+    kl: bool = opt(True, "Also report KL(full || exit) and top-1 agreement (needs the full forward pass).")
+    seq_len: int = opt(512, "Tokens per evaluation sequence.")
+    samples: int = opt(64, "Largest number of held-out sequences.")
+    batch_size: int = opt(4, "Sequences per forward pass.")
+    dtype: str = opt("fp32", "Compute dtype.", choices=FLOAT_CHOICES[::-1])
+    tasks: str | None = opt(None, "Run lm-evaluation-harness tasks on each exit instead (comma-separated, e.g. "
+                                  "hellaswag,arc_easy; needs `pip install lm-eval` and the tasks' data).")
+    limit: int | None = opt(None, "Examples per harness task (default: all).")
+
+    def __post_init__(self):
+        if self.exit is None and not self.all_exits:
+            raise UsageError("give --exit K or --all-exits", "e.g. surgeon eval MODEL --exit 24 --data builtin:sotu")
+        if self.exit is not None and self.all_exits:
+            raise UsageError("--exit and --all-exits exclude each other", "give one of them")
+        for name in ("seq_len", "samples", "batch_size"):
+            if getattr(self, name) < (2 if name == "seq_len" else 1):
+                raise UsageError(f"--{name.replace('_', '-')} is too small ({getattr(self, name)})",
+                                 "give a positive value (seq-len at least 2)")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit {self.limit} is below 1", "give examples per task, or omit it for all")
+
+
+@dataclass
+class ExitEvalResult:
+    model: str
+    num_layers: int
+    data: str
+    tokens: int
+    sequences: int
+    exits: list[ExitQuality] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def get(self, n: int) -> ExitQuality:
+        return next(e for e in self.exits if e.exit == n)
+
+
+def chosen_exits(opts: EvalOptions, num_layers: int, config: dict | None = None) -> list[ExitSpec]:
+    """``--exit`` in the one grammar (names from the manifest), or ``--all-exits``: the recorded prefixes."""
+    from ..exits import parse_exits
+    from ..manifest.store import read_exits, recorded_exits
+
+    if opts.all_exits:
+        return [ExitSpec(None, list(range(n))) for n in recorded_exits(Path(opts.model), num_layers)]
+    named = {k: ExitSpec(k, v) for k, v in read_exits(opts.model, num_layers).items()}
+    return parse_exits(opts.exit, num_layers, config, named)
+
+
+def _load(path: Path, dtype: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..units import torch_dtype
+
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} has no config.json", "point MODEL at a Hugging Face checkpoint folder")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot load {path}: {str(e).splitlines()[0]}",
+                              "check that the folder holds a complete checkpoint with its tokenizer") from None
+    return model, tok
+
+
+def run(opts: EvalOptions, progress: Progress | None = None) -> ExitEvalResult:
+    """Load ``opts.model`` and measure the chosen exits on the held-out slice of ``opts.data``."""
+    from ..data import parse_data_spec, training_examples
+    from ..eval import measure_exits
+    from ..eval.capture import exit_modules
+
+    model, tok = _load(Path(opts.model), opts.dtype)
+    mods = exit_modules(model)
+    L = mods.num_layers
+    exits = chosen_exits(opts, L, model.config.to_dict())
+    spec = parse_data_spec(opts.data)
+    examples = list(training_examples(spec, tok, seq_len=opts.seq_len, role="eval", max_examples=opts.samples))
+    quality, tokens = measure_exits(model, examples, exits, batch_size=opts.batch_size, kl=opts.kl,
+                                    progress=progress, mods=mods)
+    return ExitEvalResult(model=str(opts.model), num_layers=L, data=spec.describe(), tokens=tokens,
+                          sequences=len(examples), exits=quality)
+
+
+def run_harness(opts: EvalOptions) -> dict:
+    """``--tasks``: lm-evaluation-harness tasks on each requested exit (see surgeon.eval.harness)."""
+    from ..eval.harness import run_tasks
+    from ..io.checkpoint import Checkpoint
+
+    ckpt = Checkpoint.open(opts.model)
+    L = ckpt.num_layers
+    exits = chosen_exits(opts, L, ckpt.text_config)
+    narrowed = [e for e in exits if e.widths]
+    if narrowed:
+        raise UsageError(f"--tasks runs full-width exits, but {narrowed[0].name or narrowed[0].layers} is narrowed",
+                         "extract it first (surgeon extract --exit ...) and run the harness on the extract")
+    return run_tasks(opts.model, [None if e.depth == L else e for e in exits], opts.tasks, limit=opts.limit,
+                     dtype=opts.dtype)

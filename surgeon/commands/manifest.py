@@ -1,0 +1,128 @@
+"""``surgeon manifest``: measure a checkpoint's exits and write its sorted manifest; validate one.
+
+``surgeon manifest MODEL`` (:func:`run`) writes a copy with ``-o`` or updates the model itself with
+``--in-place`` (crash-safe, :func:`surgeon.manifest.stamp.write_in_place`); ``--eval-data`` measures
+each exit's quality with the metrics engine (:func:`surgeon.eval.measure_exits`: one loaded model,
+every exit from the fewest passes). ``surgeon manifest validate`` is :func:`validate`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UsageError
+from ..exits import parse_exits
+from ..io.checkpoint import Checkpoint
+from ..manifest.build import build_manifest, normalize_exits, quality_records
+from ..manifest.check import ValidationReport, check_checkpoint
+from ..manifest.stamp import write_in_place
+from ..manifest.store import read_sidecar
+from ..options import opt
+from ..progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ManifestOptions:
+    model: Path = opt(help="Checkpoint folder.", cli=False)
+    output: Path | None = opt(None, "Write a copy of MODEL with the manifest here.", flags=("-o", "--output"))
+    in_place: bool = opt(False, "Write the manifest into MODEL itself (sidecar + header copy; weights untouched).")
+    exits: str | None = opt(None, "Exits: layer counts `4,8,12` (narrowed: `24:ffn=0.5:heads=6`), `all`, or "
+                                  "`NAME=I,J,...;...`. "
+                                  "Default: the existing manifest's exits, else the full model.", metavar="SPEC")
+    eval_data: str | None = opt(None, "Held-out data to measure each exit on (e.g. builtin:sotu, c4, file.txt).",
+                                metavar="SPEC")
+    samples: int = opt(32, "Evaluation sequences.")
+    seq_len: int = opt(256, "Tokens per evaluation sequence.")
+    batch_size: int = opt(4, "Evaluation batch size.")
+    verify: bool = opt(True, "Record a verification hash per exit (loads each exit once).")
+    force: bool = opt(False, "Replace a non-empty -o folder.")
+
+    def __post_init__(self):
+        if self.in_place == (self.output is not None):
+            raise UsageError("give exactly one of -o/--output and --in-place",
+                             "write a copy with -o OUT, or update MODEL with --in-place")
+        if self.samples < 1 or self.seq_len < 2 or self.batch_size < 1:
+            raise UsageError("--samples, --batch-size must be >= 1 and --seq-len >= 2", "give larger values")
+
+
+@dataclass
+class ManifestResult:
+    output: str
+    manifest: dict
+    measured: bool
+    data: dict = field(default_factory=dict)
+
+
+def measure_quality(path: Path, exits: list[dict], opts: ManifestOptions, progress: Progress | None = None
+                    ) -> tuple[dict[str, list[dict]], dict]:
+    """Quality records per exit name (loss, perplexity, KL(full||exit), top-1 against the full exit,
+    which ``exits`` lists last) on the held-out role of ``opts.eval_data``, and the data's description."""
+    from transformers import AutoTokenizer
+
+    from ..data import parse_data_spec, training_examples
+    from ..eval import measure_exits
+    from ..exits import ExitSpec
+    from ..loading import load
+
+    tok = AutoTokenizer.from_pretrained(path)
+    examples = list(training_examples(opts.eval_data, tok, seq_len=opts.seq_len, role="eval",
+                                      max_examples=opts.samples))
+    model = load(path)
+    quality, tokens = measure_exits(model, examples, [ExitSpec.of(e) for e in exits], batch_size=opts.batch_size,
+                                    progress=progress)
+    full = exits[-1]["name"]
+    common = {"data": opts.eval_data, "split": "eval", "tokens": tokens, "seq_len": max(len(x["input_ids"]) for x in examples),
+              "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "samples": len(examples)}
+    records = {e["name"]: quality_records(q, common, full) for e, q in zip(exits, quality)}
+    described = {"data": opts.eval_data, "source": parse_data_spec(opts.eval_data).describe(), "role": "eval",
+                 "samples": len(examples), "samples_requested": opts.samples, "seq_len": opts.seq_len,
+                 "num_tokens": sum(len(x["input_ids"]) for x in examples)}
+    return records, described
+
+
+def run(opts: ManifestOptions, progress: Progress | None = None) -> ManifestResult:
+    """Measure the exits of ``opts.model`` and write its manifest (into a copy, or in place)."""
+    ckpt = Checkpoint.open(opts.model)
+    parsed = parse_exits(opts.exits, ckpt.num_layers, ckpt.text_config)
+    exits = [e.to_dict() for e in parsed] if parsed is not None else None
+    if exits is None:
+        old = read_sidecar(ckpt.path)
+        if isinstance(old, dict) and isinstance(old.get("exits"), list):
+            # keep the recorded quality unless it is measured again
+            keys = ("name", "layers", "widths") if opts.eval_data else ("name", "layers", "widths", "quality")
+            exits = [{k: e[k] for k in keys if k in e} for e in old["exits"] if isinstance(e, dict)]
+    exits = normalize_exits(ckpt, exits)
+    described: dict = {}
+    if opts.eval_data:
+        order = [e["name"] for e in build_manifest(ckpt, exits)["exits"]]  # cheapest first, full last
+        by_name = {e["name"]: e for e in exits}
+        quality, described = measure_quality(ckpt.path, [by_name[n] for n in order], opts, progress)
+        for e in exits:
+            e["quality"] = quality[e["name"]]
+    if opts.output is not None:
+        from ..surgery.plan import plan_layers
+        from .output import write_output
+
+        plan = plan_layers(ckpt, list(range(ckpt.num_layers)), "manifest",
+                           options={"exits": opts.exits, "eval_data": opts.eval_data, "samples": opts.samples,
+                                    "seq_len": opts.seq_len})
+        res = write_output(plan, opts.output, force=opts.force, exits=exits, verify=opts.verify,
+                           extra_provenance={"eval": described} if described else None)
+        return ManifestResult(res.output, read_sidecar(res.output), bool(opts.eval_data), described)
+    m = write_in_place(ckpt.path, exits, opts.verify)
+    return ManifestResult(str(ckpt.path), m, bool(opts.eval_data), described)
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    path: Path = opt(help="Checkpoint folder, sorted_manifest.json, or a .safetensors file.", cli=False)
+    verify: bool = opt(False, "Also check file sha256s and recompute each exit's verification logits.")
+
+
+def validate(opts: ValidateOptions) -> ValidationReport:
+    """``surgeon manifest validate``: raise ManifestError on the first problem; warnings in the report."""
+    return check_checkpoint(opts.path, verify=opts.verify)

@@ -1,0 +1,49 @@
+"""The one "write an output" path of the command layer: execute a plan, then stamp its sorted manifest.
+
+Every command that writes a checkpoint (prune, extract, sort-width, heal, soft, manifest -o) goes
+through :func:`write_output`: the streaming executor writes the tensors, config, side files and
+provenance into a temp folder, and its ``finalize`` hook stamps the sorted manifest there (the exits
+given, the full model always added; verification records for models up to 150M parameters unless
+``verify`` says otherwise) before the folder is renamed into place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ..progress import Progress
+from ..surgery.execute import DEFAULT_MAX_SHARD_BYTES, ExecuteResult, execute
+from ..surgery.plan import Plan, plan_layers
+
+
+def write_output(plan: Plan, out: str | Path, *, force: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                 transforms: dict[str, Callable] | None = None, extra_provenance: dict | None = None,
+                 progress: Progress | None = None, exits: list[dict] | None = None,
+                 verify: bool | None = None) -> ExecuteResult:
+    """Stream ``plan`` to ``out`` (see :func:`surgeon.surgery.execute`) and stamp its manifest.
+
+    ``exits``: the output's exits as ``{"name", "layers", "widths"?, "quality"?}`` with ``layers``
+    indexing the OUTPUT model's layers (default: the full model only, which is always added).
+    """
+    from ..manifest.stamp import stamp
+
+    def finalize(folder: Path, chain: list) -> None:
+        stamp(folder, exits, chain, verify, strict=False)
+
+    return execute(plan, out, force=force, max_shard_bytes=max_shard_bytes, transforms=transforms,
+                   extra_provenance=extra_provenance, progress=progress, finalize=finalize)
+
+
+def save_merged(model, source: str | Path, out: str | Path, *, operation: str = "heal", dtype: str | None = None,
+                options: dict | None = None, **kwargs) -> ExecuteResult:
+    """Write ``model`` (a peft LoRA model, or a fully fine-tuned one) as a plain checkpoint: the source's
+    tensors streamed to ``out`` with the training merged in (:func:`surgeon.train.merge.merge_transforms`:
+    LoRA deltas added to the original float weights). ``dtype`` converts floats (default: keep the
+    source's); other keyword arguments go to :func:`write_output`."""
+    from ..io.checkpoint import Checkpoint
+    from ..train.merge import merge_transforms
+
+    ckpt = Checkpoint.open(source)
+    plan = plan_layers(ckpt, list(range(ckpt.num_layers)), operation, dtype, options or {})
+    return write_output(plan, out, transforms=merge_transforms(model, ckpt), **kwargs)

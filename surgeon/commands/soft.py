@@ -1,0 +1,196 @@
+"""``surgeon soft``: Sorted Fine-Tuning, so every chosen prefix of layers is a usable model.
+
+Sorted LLaMA's recipe (SortedNet Alg. 2 for the stochastic loss) on the shared skeleton
+(:mod:`surgeon.commands.recipe`): the exits (``--exits``, default
+:func:`~surgeon.exits.default_exits`) are validated against the model; every exit is measured on the
+held-out slice before and after (loss, perplexity, KL and top-1 to the full model, by the metrics
+engine); training uses the sorted loss (:class:`~surgeon.soft.losses.SortedLoss`: one forward pass,
+every exit read through the shared norm and head, cross-entropy in chunks of tokens; with
+``--ffn-exits`` one nested FFN width sampled per micro-batch, :class:`~surgeon.soft.width.SortedWidthLoss`);
+``--exits L`` alone is plain SFT on the same path. The output's sorted manifest lists the trained
+exits with their measured quality; its provenance, the exits and losses.
+
+Memory knobs (besides the recipe's): ``--chunk-tokens`` (rows of full-vocabulary logits alive at
+once). Raises UsageError (bad options or exits, out of memory), DataError, CheckpointError, OutputError.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import UsageError
+from ..exits import exit_name, parse_depths
+from ..manifest.build import quality_records
+from ..options import OutputOptions, RecipeOptions, opt
+from ..progress import Progress
+from ..soft.losses import LOSS_MODES
+from .recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SoftOptions(RecipeOptions, OutputOptions):
+    model: Path = opt(help="Checkpoint folder.", cli=False)
+    data: str | None = opt(None, "Training data: alpaca, c4, hf:NAME[:CONFIG][@SPLIT], builtin:sotu, or a local file.")
+    exits: str | None = opt(None, "Comma-separated layer counts of the sub-models to train (default: every L/8-th "
+                                  "layer from L/4 to L). Only L: plain SFT.", metavar="N,N,...")
+    loss: str = opt("sum", "sum: mean of every exit's loss each step (eq. 1); stochastic: one sampled exit per "
+                           "micro-batch (SortedNet Alg. 2; pair with --grad-accum).", choices=LOSS_MODES)
+    ffn_exits: str | None = opt(None, "Also train nested FFN widths: comma-separated fractions of intermediate_size "
+                                      "(or counts), e.g. 0.25,0.5,0.75,1.0; the full width is always included. Each "
+                                      "micro-batch samples one width (SortedNet Alg. 2). Run sort-width first.")
+    exit_weights: str | None = opt(None, "Comma-separated per-exit weights (sum: weighted mean; stochastic: "
+                                         "sampling weights). Default: uniform.")
+    chunk_tokens: int | None = opt(None, "Tokens per chunk of full-vocabulary logits (default: 64 MiB of fp32 logits).")
+
+    def __post_init__(self):
+        self.check_output("sorted checkpoint")
+        if not self.data:
+            raise UsageError("--data is required", "give a data spec, e.g. --data alpaca, --data builtin:sotu or a .jsonl file")
+        if self.chunk_tokens is not None and self.chunk_tokens < 1:
+            raise UsageError(f"--chunk-tokens must be positive (got {self.chunk_tokens})", "omit it for the default")
+        self.weights()
+        self.check_recipe()
+
+    def weights(self) -> tuple[float, ...] | None:
+        if self.exit_weights is None:
+            return None
+        try:
+            w = tuple(float(x) for x in self.exit_weights.split(","))
+        except ValueError:
+            raise UsageError(f"--exit-weights {self.exit_weights!r} is not a list of numbers",
+                             "give one weight per exit, e.g. --exit-weights 1,1,2") from None
+        if any(x < 0 for x in w) or sum(w) <= 0:
+            raise UsageError("--exit-weights must be non-negative and not all zero", "e.g. --exit-weights 1,1,2")
+        return w
+
+
+@dataclass
+class SoftResult:
+    """Per-exit held-out quality before and after (on the written weights), and the run."""
+
+    exits: tuple[int, ...]
+    num_layers: int
+    loss: str
+    before: list  # [ExitQuality] (empty with --eval-samples 0)
+    after: list
+    train: object  # surgeon.train.TrainResult
+    output: object | None  # ExecuteResult (None on non-main processes)
+    data: str = ""
+    eval_tokens: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"exits": list(self.exits), "num_layers": self.num_layers, "loss": self.loss,
+                "before": [asdict(q) for q in self.before], "after": [asdict(q) for q in self.after],
+                "eval_tokens": self.eval_tokens, "train": self.train.to_dict(),
+                "output": self.output.output if self.output else None, "data": self.data, **self.extra}
+
+
+class SoftRecipe(Recipe):
+    operation = "soft"
+
+    def prepare(self, ckpt):
+        from ..soft.width import parse_ffn_exits
+
+        opts = self.opts
+        self.num_layers = ckpt.num_layers
+        self.depths = parse_depths(opts.exits, ckpt.num_layers)
+        self.widths = parse_ffn_exits(opts.ffn_exits, ckpt.text_config.get("intermediate_size") or 0)
+        self.exit_weights = opts.weights()
+        if self.exit_weights is not None and len(self.exit_weights) != len(self.depths):
+            raise UsageError(f"--exit-weights has {len(self.exit_weights)} values for {len(self.depths)} exits",
+                             f"give one weight per exit ({', '.join(map(str, self.depths))})")
+
+    def measure(self, model, examples, label):
+        """Every exit's quality, then (with ``--ffn-exits``) every (depth, narrower width) pair's loss."""
+        from ..eval import measure_exits
+        from ..width.masking import width_mask
+
+        opts = self.opts
+        quality, tokens = measure_exits(model, examples, self.depths, batch_size=opts.eval_batch_size,
+                                        chunk_tokens=opts.chunk_tokens,
+                                        progress=lambda d, t, _: self.report(d, t, f"evaluating ({label})"))
+        widths = {}
+        for k in self.widths[:-1]:  # KL / top-1 only make sense against the full model
+            with width_mask(model, ffn=k, family=self.family):
+                widths[k], _ = measure_exits(model, examples, self.depths, batch_size=opts.eval_batch_size, kl=False,
+                                             chunk_tokens=opts.chunk_tokens,
+                                             progress=lambda d, t, _, k=k: self.report(d, t, f"evaluating ({label}, ffn {k})"))
+        return {"quality": quality, "tokens": tokens, "widths": widths}
+
+    def loss_fn(self, device):
+        from ..soft.losses import SortedLoss
+        from ..soft.width import SortedWidthLoss
+
+        opts = self.opts
+        loss_fn = SortedLoss(self.depths, opts.loss, self.exit_weights, opts.seed, opts.chunk_tokens)
+        if len(self.widths) > 1:
+            loss_fn = SortedWidthLoss(loss_fn, self.widths, self.family, opts.seed)
+        return loss_fn
+
+    def provenance(self, run):
+        opts = self.opts
+        before, after = run.before or _EMPTY, run.after or _EMPTY
+        losses = lambda qs: {q.exit: q.loss for q in qs}  # noqa: E731
+        return {
+            "exits": list(self.depths),
+            "ffn_exits": list(self.widths) or None,
+            "soft": {
+                "loss": opts.loss, "exit_weights": list(self.exit_weights) if self.exit_weights else None,
+                "data": run.data, "steps": run.train.steps, "train_tokens": run.train.tokens,
+                "seconds": round(run.train.seconds, 2), "final_train_loss": run.train.losses[-1],
+                "processes": run.processes,
+                "heldout": {"tokens": after["tokens"], "seq_len": opts.seq_len,
+                            "before": losses(before["quality"]), "after": losses(after["quality"]),
+                            "ffn": {str(k): {"before": losses(before["widths"].get(k, [])),
+                                             "after": losses(after["widths"].get(k, []))}
+                                    for k in self.widths[:-1]} or None},
+            },
+        }
+
+    def exits(self, run):
+        """The trained exits with their measured held-out quality (the records ``surgeon manifest``
+        writes), then the trained (depth, narrower FFN width) sub-models."""
+        from ..train.model import compute_dtype
+
+        after = run.after or _EMPTY
+        L = self.num_layers
+        common = {"data": self.opts.eval_data or self.opts.data, "split": "eval", "tokens": max(after["tokens"], 1),
+                  "seq_len": self.opts.seq_len, "dtype": str(compute_dtype(self.device)).replace("torch.", ""),
+                  "samples": run.eval_examples}
+        by_exit = {q.exit: q for q in after["quality"]}
+        reference = exit_name(L) if L in self.depths else None
+        out = []
+        for n in self.depths:
+            e = {"name": exit_name(n), "layers": list(range(n))}
+            if n in by_exit:
+                e["quality"] = quality_records(by_exit[n], common, reference)
+            out.append(e)
+        for k in self.widths[:-1]:
+            narrow = {q.exit: q for q in after["widths"].get(k, [])}
+            for n in self.depths:
+                e = {"name": f"{exit_name(n)}-ffn{k}", "layers": list(range(n)), "widths": {"ffn": k}}
+                if n in narrow:
+                    e["quality"] = quality_records(narrow[n], common, None)
+                out.append(e)
+        return out
+
+
+_EMPTY = {"quality": [], "tokens": 0, "widths": {}}
+
+
+def run(opts: SoftOptions, progress: Progress | None = None) -> SoftResult:
+    """Sorted fine-tune ``opts.model`` and write the merged checkpoint to ``opts.output`` (module doc)."""
+    recipe = SoftRecipe(opts, progress)
+    r = recipe.run()
+    before, after = r.before or _EMPTY, r.after or _EMPTY
+    widths = recipe.widths
+    extra = {"ffn_exits": list(widths), "width": {str(k): {"before": [asdict(q) for q in before["widths"].get(k, [])],
+                                                          "after": [asdict(q) for q in after["widths"].get(k, [])]}
+                                                 for k in widths[:-1]}} if widths else {}
+    return SoftResult(recipe.depths, recipe.num_layers, opts.loss, before["quality"], after["quality"], r.train,
+                      r.output, r.data, after["tokens"], extra)

@@ -1,0 +1,200 @@
+"""The one metrics engine: held-out loss, perplexity, KL(full || exit) and top-1 agreement of any exits.
+
+:func:`measure_exits` takes a loaded model, held-out examples (``{"input_ids", "labels"}``; tokens
+labelled -100 are not scored) and any set of exits (a layer count K, or an
+:class:`~surgeon.exits.ExitSpec` with explicit layers and/or widths). Per batch, the residual stream
+at every exit comes from as few forward passes as possible, none of which copies a weight:
+
+- one pass with hooks serves every full-width prefix exit and the full model (the KL reference);
+- each distinct narrower width serves its prefix exits from one pass under
+  :func:`~surgeon.width.masking.width_mask`;
+- each non-prefix exit gets a pass with the other layers passed through (the runtime's layer-subset
+  forward, :meth:`surgeon.runtime.stack.Stack.using`).
+
+Each exit's scored rows are then read through the shared final norm and LM head (with the family's
+soft-capping) ``chunk_tokens`` rows at a time and reduced in float32, so at most two chunks of
+full-vocabulary logits (the full model's and one exit's) exist at once. For each exit, over the same
+scored tokens: mean cross-entropy (nats), perplexity, KL(full || exit) in nats per token, and the
+fraction of tokens whose top-1 token matches the full model's.
+
+:func:`heldout_loss` is the full model's loss alone, for a :class:`~surgeon.data.CalibrationSet`, a
+list of token lists (every next token scored) or examples.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+
+from ..data.training import IGNORE_INDEX, collate
+from ..errors import DataError
+from ..exits import ExitSpec
+from ..progress import Progress
+from .capture import ExitModules, capture_exits, default_chunk_tokens, exit_modules
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LossResult:
+    """Mean next-token cross-entropy in nats over ``tokens`` predicted tokens."""
+
+    loss: float
+    perplexity: float
+    tokens: int
+    sequences: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ExitQuality:
+    """Held-out quality of the exit with ``exit`` layers (read through the shared norm and head)."""
+
+    exit: int
+    loss: float
+    perplexity: float
+    kl_full_exit: float | None = None
+    top1_agreement: float | None = None
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 700.0))
+
+
+def as_examples(data) -> list[dict]:
+    """``{"input_ids", "labels"}`` examples from a CalibrationSet, token lists, or examples."""
+    seqs = getattr(data, "input_ids", data)  # a CalibrationSet has .input_ids
+    out = []
+    for x in seqs:
+        if isinstance(x, dict):
+            ids = list(x["input_ids"])
+            labels = list(x.get("labels", ids))
+        else:
+            ids = list(x)
+            labels = list(ids)
+        if len(ids) != len(labels):
+            raise DataError("an example's labels and input_ids differ in length", "build examples with training_examples()")
+        if ids:
+            out.append({"input_ids": ids, "labels": labels})
+    if not out:
+        raise DataError("no sequences to evaluate", "give at least one non-empty sequence")
+    return out
+
+
+def _passes(exits: Sequence[ExitSpec], L: int, kl: bool) -> list[tuple[tuple, tuple[int, ...] | None, dict | None]]:
+    """Group exits into forward passes: ``[(exit keys, kept layers or None = all, widths or None)]``.
+
+    A key is ``(tuple(layers), widths items)``; the first pass always runs the full-width stack.
+    """
+    def key(e: ExitSpec) -> tuple:
+        return tuple(e.layers), tuple(sorted((e.widths or {}).items()))
+
+    full = [key(e) for e in exits if e.depth is not None]
+    if kl:
+        full.append((tuple(range(L)), ()))
+    out = [(tuple(dict.fromkeys(full)), None, None)]
+    by_width: dict[tuple, list] = {}
+    for e in exits:
+        if e.depth is None and e.widths and e.layers == list(range(len(e.layers))):
+            by_width.setdefault(key(e)[1], []).append(key(e))
+        elif e.depth is None:
+            out.append(((key(e),), tuple(e.layers), e.widths))
+    for w, keys in by_width.items():
+        out.append((tuple(keys), None, dict(w)))
+    return [p for p in out if p[0]]
+
+
+def _run_pass(model, mods: ExitModules, keys: tuple, layers, widths, ids, mask) -> dict:
+    """Residual streams ``{key: (B, T, D)}`` of one pass (see module doc)."""
+    from ..runtime.stack import Stack
+    from ..train.model import unwrap
+    from ..width.masking import width_mask
+
+    depths = {k: (k[0][-1] + 1) for k in keys}  # capture after the exit's last kept layer
+    with ExitStack() as stack:
+        if widths:
+            stack.enter_context(width_mask(model, ffn=widths.get("ffn"), kv_heads=widths.get("kv_heads")))
+        if layers is not None:
+            stack.enter_context(Stack(unwrap(model, peft=True)).using(tuple(layers)))
+        hidden = capture_exits(model, mods, sorted(set(depths.values())), ids, mask, stop_early=layers is None)
+    return {k: hidden[d] for k, d in depths.items()}
+
+
+def measure_exits(model, examples: Sequence[dict], exits: Iterable[int | ExitSpec], *, batch_size: int = 4,
+                  kl: bool = True, chunk_tokens: int | None = None, progress: Progress | None = None,
+                  mods: ExitModules | None = None) -> tuple[list[ExitQuality], int]:
+    """Quality of every exit over ``examples`` (see module doc); returns ``(qualities in the order
+    given, scored tokens)``. ``kl=True`` also runs the full depth to compare against."""
+    import torch
+
+    mods = mods or exit_modules(model)
+    L = mods.num_layers
+    specs = [e if isinstance(e, ExitSpec) else ExitSpec(None, list(range(int(e)))) for e in exits]
+    keys = [(tuple(e.layers), tuple(sorted((e.widths or {}).items()))) for e in specs]
+    uniq = list(dict.fromkeys(keys))
+    full_key = (tuple(range(L)), ())
+    passes = _passes(specs, L, kl)
+    device = next(model.parameters()).device
+    ce = dict.fromkeys(uniq, 0.0)
+    kls = dict.fromkeys(uniq, 0.0)
+    agree = dict.fromkeys(uniq, 0)
+    count = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for b in range(0, len(examples), batch_size):
+                batch = collate(examples[b:b + batch_size])
+                ids, labels, mask = batch["input_ids"].to(device), batch["labels"], batch["attention_mask"].to(device)
+                hidden: dict = {}
+                for pkeys, layers, widths in passes:
+                    hidden.update(_run_pass(model, mods, pkeys, layers, widths, ids, mask))
+                targets = labels[:, 1:].reshape(-1).to(device)
+                keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+                targets = targets[keep]
+                rows = {k: h[:, :-1].reshape(-1, h.shape[-1]).index_select(0, keep) for k, h in hidden.items()}
+                del hidden
+                vocab = mods.head.weight.shape[0] if hasattr(mods.head, "weight") else 1
+                chunk = chunk_tokens or default_chunk_tokens(vocab)
+                for s in range(0, len(targets), chunk):
+                    t = targets[s:s + chunk]
+                    full = torch.log_softmax(mods.logits(rows[full_key][s:s + chunk]).float(), -1) if kl else None
+                    pfull = full.exp() if kl else None
+                    for k in uniq:
+                        lp = full if (kl and k == full_key) else torch.log_softmax(
+                            mods.logits(rows[k][s:s + chunk]).float(), -1)
+                        ce[k] += float(-lp.gather(1, t[:, None]).sum())
+                        if kl:
+                            kls[k] += float((pfull * (full - lp)).sum())
+                            agree[k] += int((full.argmax(-1) == lp.argmax(-1)).sum())
+                count += len(targets)
+                if progress:
+                    progress(min(b + batch_size, len(examples)), len(examples), "evaluating")
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise DataError("the evaluation data has no scored tokens (all labels are -100, or sequences of length 1)",
+                        "give longer sequences or examples with supervised tokens")
+    out = []
+    for e, k in zip(specs, keys):
+        loss = ce[k] / count
+        out.append(ExitQuality(e.num_layers, loss, perplexity(loss), kls[k] / count if kl else None,
+                               agree[k] / count if kl else None))
+    return out, count
+
+
+def heldout_loss(model, data, batch_size: int = 8, progress: Progress | None = None,
+                 chunk_tokens: int | None = None) -> LossResult:
+    """Mean cross-entropy (nats) of ``model`` (the full model) over all scored tokens of ``data``."""
+    if batch_size < 1:
+        raise DataError(f"batch size {batch_size} is below 1", "give --batch-size 1 or more")
+    examples = as_examples(data)
+    mods = exit_modules(model)
+    quality, tokens = measure_exits(model, examples, [mods.num_layers], batch_size=batch_size, kl=False,
+                                    chunk_tokens=chunk_tokens, progress=progress, mods=mods)
+    return LossResult(quality[0].loss, quality[0].perplexity, tokens, len(examples))
