@@ -122,6 +122,46 @@ def as_record(obj: Any) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ shared groups
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class DeviceOptions:
+    """Where a command runs its model (every command that runs one)."""
+
+    device: str = opt("auto", "Device: auto (the accelerator when there is one), cpu, cuda, cuda:N or mps.")
+
+    def check_device(self) -> None:
+        from .devices import resolve_device
+
+        resolve_device(self.device)  # a device the machine does not have fails before anything loads
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DeviceMapOptions(DeviceOptions):
+    """Models bigger than one device (accelerate's big-model inference), for the inference commands."""
+
+    device_map: str | None = opt(None, "auto: spread the layers over the GPUs, the CPU and disk (accelerate's big-model "
+                                       "inference), within --max-memory.", choices=("auto",))
+    max_memory: str | None = opt(None, "Per-device budget for --device-map auto, e.g. 0=20GiB,1=20GiB,cpu=64GiB.",
+                                 metavar="DEV=SIZE,...")
+
+    def check_placement(self) -> None:
+        from .devices import parse_max_memory
+
+        self.check_device()
+        if self.device_map and getattr(self, "offload", "none") != "none":
+            raise UsageError("--device-map and --offload both place the model", "give one of them")
+        if self.max_memory and not self.device_map:
+            raise UsageError("--max-memory budgets --device-map auto", "add --device-map auto")
+        parse_max_memory(self.max_memory)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PlacementOptions(DeviceMapOptions):
+    """... or one decoder layer at a time, streamed from the checkpoint (forward-only measurements)."""
+
+    offload: str = opt("none", "layer: keep one decoder layer on the device at a time, streamed from the checkpoint "
+                               "(models larger than memory).", choices=("none", "layer"))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class OutputOptions:
     """Where and how a command writes its checkpoint."""
 

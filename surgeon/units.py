@@ -79,3 +79,9 @@ def torch_dtype(dtype):
     import torch
 
     return dtype if isinstance(dtype, torch.dtype) else getattr(torch, torch_name(dtype))
+
+
+def short_name(dtype) -> str:
+    """``fp32`` / ``bf16`` / ``fp16`` (the --dtype spelling) for a float dtype; the torch name otherwise."""
+    code = dtype_code(dtype)
+    return {"F32": "fp32", "BF16": "bf16", "F16": "fp16"}.get(code, DTYPE_TABLE[code][1])

@@ -6,9 +6,10 @@ import logging
 import time
 from pathlib import Path
 
+from ..devices import compute_dtype, load_causal_lm, resolve_device
 from ..errors import CheckpointError
 from ..progress import Progress
-from ..units import torch_dtype as _torch_dtype
+from ..units import short_name
 from .report import AnalysisResult, build_result
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,15 @@ def load_tokenizer(path: Path):
 
 
 def compute_analysis(model: Path, data: str = "c4", *, samples: int = 256, seq_len: int = 1024, pack: bool = False,
-                     shuffle: bool = False, seed: int = 0, batch_size: int = 8, dtype: str = "fp32",
-                     offload: str = "none", role: str = "all", progress: Progress | None = None) -> AnalysisResult:
+                     shuffle: bool = False, seed: int = 0, batch_size: int = 8, dtype: str | None = None,
+                     offload: str = "none", role: str = "all", progress: Progress | None = None,
+                     device: str = "auto", device_map: str | None = None,
+                     max_memory: str | None = None) -> AnalysisResult:
     """Angular distances, l*(n) and Block Influence of the checkpoint at ``model`` (nothing written).
+
+    ``device`` / ``device_map`` / ``max_memory`` / ``offload``: where the model runs (see
+    :mod:`surgeon.devices`; ``offload="layer"`` streams one decoder layer at a time onto ``device``).
+    ``dtype``: compute dtype (default: bf16 on GPUs that support it, fp32 elsewhere).
 
     Raises :class:`~surgeon.errors.CheckpointError` for an unreadable checkpoint or tokenizer and
     :class:`~surgeon.errors.DataError` / :class:`~surgeon.errors.UsageError` for unusable data.
@@ -49,15 +56,12 @@ def compute_analysis(model: Path, data: str = "c4", *, samples: int = 256, seq_l
                                 seed=seed, role=role)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     batches = make_batches(calib.input_ids, batch_size, padding="right", pad_id=pad)
-    torch_dtype = _torch_dtype(dtype)
+    dev = resolve_device(device)
+    torch_dtype = compute_dtype(dev, dtype)
     if offload == "layer":
-        table = offloaded_similarity(ckpt, family.layers, batches, torch_dtype, progress)
+        table = offloaded_similarity(ckpt, family.layers, batches, torch_dtype, progress, device=dev)
     else:
-        from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # surgeon draws its own
-        m = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=torch_dtype)
+        m = load_causal_lm(ckpt.path, device=dev, dtype=torch_dtype, device_map=device_map, max_memory=max_memory)
         table = layer_similarity(m, family.layers, batches, progress)
         del m
     if table.num_layers != ckpt.num_layers:
@@ -65,5 +69,5 @@ def compute_analysis(model: Path, data: str = "c4", *, samples: int = 256, seq_l
                               "the checkpoint and its config disagree")
     return build_result(
         table, model=str(model), seq_len=seq_len, data=calib.spec, data_source=calib.describe(),
-        dtype=dtype, offload=offload, seconds=time.time() - t0,
+        dtype=short_name(torch_dtype), offload=offload, seconds=time.time() - t0,
     )

@@ -31,7 +31,7 @@ def _set_param(root, name: str, tensor) -> None:
     mod._parameters[pname] = torch.nn.Parameter(tensor, requires_grad=False)
 
 
-def _load(ckpt: Checkpoint, root, names: dict[str, str], dtype) -> None:
+def _load(ckpt: Checkpoint, root, names: dict[str, str], dtype, device="cpu") -> None:
     """Assign ``root``'s parameters (model name -> checkpoint tensor name) from ``ckpt``."""
     for model_name, ckpt_name in names.items():
         if ckpt_name not in ckpt.tensors:
@@ -42,7 +42,7 @@ def _load(ckpt: Checkpoint, root, names: dict[str, str], dtype) -> None:
         if tuple(t.shape) != want:
             raise CheckpointError(f"tensor {ckpt_name} has shape {tuple(t.shape)}, the config implies {want}",
                                   "the checkpoint does not match its config.json")
-        _set_param(root, model_name, t.to(dtype))
+        _set_param(root, model_name, t.to(device=device, dtype=dtype))
 
 
 def _unload(layer) -> None:
@@ -53,8 +53,8 @@ def _unload(layer) -> None:
 
 
 def offloaded_similarity(ckpt: Checkpoint, layers_path: str, batches: Sequence[Batch], dtype,
-                         progress: Progress | None = None) -> SimilarityTable:
-    """The same table as :func:`~.similarity.layer_similarity`, one layer resident at a time."""
+                         progress: Progress | None = None, device="cpu") -> SimilarityTable:
+    """The same table as :func:`~.similarity.layer_similarity`, one layer resident at a time (on ``device``)."""
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -68,7 +68,10 @@ def offloaded_similarity(ckpt: Checkpoint, layers_path: str, batches: Sequence[B
     layer_prefix = layers_path + "."
     outside = {n: n for n, _ in model.named_parameters()
                if not n.startswith(layer_prefix) and not n.startswith("lm_head.")}
-    _load(ckpt, model, outside, dtype)  # embeddings and final norm; the LM head is never run
+    _load(ckpt, model, outside, dtype, device)  # embeddings and final norm; the LM head is never run
+    for name, buf in list(model.named_buffers()):  # rotary tables etc. follow the weights
+        mod_name, _, bname = name.rpartition(".")
+        (model.get_submodule(mod_name) if mod_name else model)._buffers[bname] = buf.to(device)
 
     # Pass 1: run the base model with pass-through layers; keep each layer's arguments per batch.
     base = getattr(model, "base_model", model)
@@ -92,8 +95,8 @@ def offloaded_similarity(ckpt: Checkpoint, layers_path: str, batches: Sequence[B
             for batch in batches:
                 current["b"] = batch.index
                 calls[batch.index] = [None] * L
-                base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                     position_ids=batch.position_ids, use_cache=False)
+                base(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                     position_ids=batch.position_ids.to(device), use_cache=False)
     finally:
         for layer in layers:
             del layer.forward  # back to the class's forward
@@ -105,7 +108,7 @@ def offloaded_similarity(ckpt: Checkpoint, layers_path: str, batches: Sequence[B
     with torch.inference_mode():
         for l, layer in enumerate(layers):
             names = {n: f"{layer_prefix}{l}.{n}" for n, _ in layer.named_parameters()}
-            _load(ckpt, layer, names, dtype)
+            _load(ckpt, layer, names, dtype, device)
             for batch in batches:
                 args, kwargs = calls[batch.index][l]
                 x_in = hidden[batch.index]

@@ -7,26 +7,26 @@ from pathlib import Path
 
 from ..analyze.compute import compute_analysis
 from ..analyze.report import JSON_NAME, PNG_NAME, AnalysisResult, write_heatmap, write_json
-from ..options import CalibrationOptions, opt
+from ..options import CalibrationOptions, PlacementOptions, opt
 from ..progress import Progress
 from ..units import FLOAT_CHOICES
 
 
 @dataclass(frozen=True, kw_only=True)
-class AnalyzeOptions(CalibrationOptions):
+class AnalyzeOptions(CalibrationOptions, PlacementOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
     shuffle: bool = opt(False, "Shuffle the documents (seeded) before taking the first --samples.")
     seed: int = opt(0, "Seed for --shuffle.")
     role: str = opt("all", "Records to use: all (hub: validation split), train (local files: all but every 20th "
                     "record, which is held out for evaluation), eval.", choices=("all", "train", "eval"))
-    dtype: str = opt("fp32", "Compute dtype of the model.", choices=FLOAT_CHOICES[::-1])
-    offload: str = opt("none", "`layer`: keep one decoder layer in memory at a time (models larger than RAM).",
-                       choices=("none", "layer"))
+    dtype: str | None = opt(None, "Compute dtype of the model (default: bf16 on GPUs that support it, else fp32).",
+                            choices=FLOAT_CHOICES[::-1])
     out: Path = opt(Path("analysis"), "Output folder for analysis.json and angular_distance.png.", flags=("-o", "--out"))
     force: bool = opt(False, "Replace a non-empty output folder that holds other files.")
 
     def __post_init__(self):
         self.check_calibration()
+        self.check_placement()
 
 
 def run(opts: AnalyzeOptions, progress: Progress | None = None) -> AnalysisResult:
@@ -41,7 +41,8 @@ def run(opts: AnalyzeOptions, progress: Progress | None = None) -> AnalysisResul
     check_output(out, Path(opts.model), force=opts.force or previous)  # fail before the forward pass
     res = compute_analysis(opts.model, opts.data, samples=opts.samples, seq_len=opts.seq_len, pack=opts.pack,
                            shuffle=opts.shuffle, seed=opts.seed, batch_size=opts.batch_size, dtype=opts.dtype,
-                           offload=opts.offload, role=opts.role, progress=progress)
+                           offload=opts.offload, role=opts.role, progress=progress, device=opts.device,
+                           device_map=opts.device_map, max_memory=opts.max_memory)
     with atomic_output(out, Path(opts.model), force=opts.force or previous) as tmp:
         write_json(res, tmp / JSON_NAME)
         write_heatmap(res, tmp / PNG_NAME)

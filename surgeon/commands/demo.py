@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SurgeonError
-from ..options import opt
+from ..options import DeviceOptions, opt
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ def ensure_demo_model() -> Path:
 DEMO_DATA, DEMO_SAMPLES, DEMO_SEQ_LEN, DEMO_N = "builtin:sotu", 64, 256, 6
 
 
-@dataclass(frozen=True)
-class DemoOptions:
+@dataclass(frozen=True, kw_only=True)
+class DemoOptions(DeviceOptions):
     workdir: Path = opt(Path("surgeon-demo"), "Folder for the demo's outputs (replaced on each run).")
 
 

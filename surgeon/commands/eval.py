@@ -16,15 +16,15 @@ from pathlib import Path
 from ..errors import CheckpointError, UsageError
 from ..eval.metrics import ExitQuality
 from ..exits import ExitSpec
-from ..options import opt
+from ..options import PlacementOptions, opt
 from ..progress import Progress
 from ..units import FLOAT_CHOICES
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EvalOptions:
+@dataclass(frozen=True, kw_only=True)
+class EvalOptions(PlacementOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
     data: str = opt("builtin:sotu", "Evaluation data spec (its held-out slice / validation split is used).")
     exit: str | None = opt(None, "Exit(s) to evaluate: layer counts (10,20), narrowed prefixes (24:ffn=0.5) or "
@@ -34,7 +34,8 @@ class EvalOptions:
     seq_len: int = opt(512, "Tokens per evaluation sequence.")
     samples: int = opt(64, "Largest number of held-out sequences.")
     batch_size: int = opt(4, "Sequences per forward pass.")
-    dtype: str = opt("fp32", "Compute dtype.", choices=FLOAT_CHOICES[::-1])
+    dtype: str | None = opt(None, "Compute dtype (default: bf16 on GPUs that support it, else fp32).",
+                            choices=FLOAT_CHOICES[::-1])
     tasks: str | None = opt(None, "Run lm-evaluation-harness tasks on each exit instead (comma-separated, e.g. "
                                   "hellaswag,arc_easy; needs `pip install lm-eval` and the tasks' data).")
     limit: int | None = opt(None, "Examples per harness task (default: all).")
@@ -50,6 +51,7 @@ class EvalOptions:
                                  "give a positive value (seq-len at least 2)")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit {self.limit} is below 1", "give examples per task, or omit it for all")
+        self.check_placement()
 
 
 @dataclass
@@ -79,29 +81,28 @@ def chosen_exits(opts: EvalOptions, num_layers: int, config: dict | None = None)
     return parse_exits(opts.exit, num_layers, config, named)
 
 
-def _load(path: Path, dtype: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..units import torch_dtype
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
 
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path} has no config.json", "point MODEL at a Hugging Face checkpoint folder")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
-        tok = AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot load {path}: {str(e).splitlines()[0]}",
+        raise CheckpointError(f"cannot load the tokenizer of {path}: {str(e).splitlines()[0]}",
                               "check that the folder holds a complete checkpoint with its tokenizer") from None
-    return model, tok
 
 
 def run(opts: EvalOptions, progress: Progress | None = None) -> ExitEvalResult:
     """Load ``opts.model`` and measure the chosen exits on the held-out slice of ``opts.data``."""
     from ..data import parse_data_spec, training_examples
+    from ..devices import load_causal_lm, resolve_device
     from ..eval import measure_exits
     from ..eval.capture import exit_modules
 
-    model, tok = _load(Path(opts.model), opts.dtype)
+    tok = load_tokenizer(Path(opts.model))
+    model = load_causal_lm(opts.model, device=resolve_device(opts.device), dtype=opts.dtype,
+                           device_map=opts.device_map, max_memory=opts.max_memory)
     mods = exit_modules(model)
     L = mods.num_layers
     exits = chosen_exits(opts, L, model.config.to_dict())
@@ -126,4 +127,4 @@ def run_harness(opts: EvalOptions) -> dict:
         raise UsageError(f"--tasks runs full-width exits, but {narrowed[0].name or narrowed[0].layers} is narrowed",
                          "extract it first (surgeon extract --exit ...) and run the harness on the extract")
     return run_tasks(opts.model, [None if e.depth == L else e for e in exits], opts.tasks, limit=opts.limit,
-                     dtype=opts.dtype)
+                     dtype=opts.dtype, device=opts.device)

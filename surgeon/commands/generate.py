@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
-from ..options import opt
+from ..options import DeviceMapOptions, opt
 from ..runtime.result import GenerationResult
 from ..units import FLOAT_CHOICES
 
 
-@dataclass(frozen=True)
-class GenerateOptions:
+@dataclass(frozen=True, kw_only=True)
+class GenerateOptions(DeviceMapOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
     prompt: str | None = opt(None, "Prompt text.")
     exit: str | None = opt(None, "Generate with this sub-model: a layer count K (layers 0..K-1) or a manifest exit name.",
@@ -65,6 +65,7 @@ class GenerateOptions:
             raise UsageError("--backend hf has no --draft-vocab / --draft-confidence", "use --backend surgeon")
         if self.backend == "hf" and (self.exit is not None or self.early_exit is not None):
             raise UsageError("--backend hf supports the full model and --draft-exit only", "use --backend surgeon")
+        self.check_placement()
 
 
 @dataclass
@@ -94,7 +95,8 @@ def run(opts: GenerateOptions) -> GenerateReport:
     """Load ``opts.model`` once and generate as the options say (plus the full-model baseline with --compare)."""
     from ..runtime.sorted_model import SortedModel
 
-    sm = SortedModel.from_pretrained(opts.model, dtype=opts.dtype, kernels=opts.kernels)
+    sm = SortedModel.from_pretrained(opts.model, dtype=opts.dtype, kernels=opts.kernels, device=opts.device,
+                                     device_map=opts.device_map, max_memory=opts.max_memory)
     ids = sm.encode(opts.prompt, chat=opts.chat)
     kw = dict(max_new_tokens=opts.max_new_tokens, do_sample=opts.sample, temperature=opts.temperature,
               top_p=opts.top_p, seed=opts.seed)

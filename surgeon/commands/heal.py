@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..eval.metrics import LossResult
-from ..options import OutputOptions, RecipeOptions, field_values, opt, with_default
+from ..options import DeviceOptions, OutputOptions, RecipeOptions, field_values, opt, with_default
 from ..progress import Progress
 from ..train.distill import MODES as DISTILL_MODES
 from .recipe import Recipe
@@ -54,7 +54,7 @@ class HealSettings(RecipeOptions):
 
 
 @dataclass(frozen=True, kw_only=True)
-class HealOptions(HealSettings, OutputOptions):
+class HealOptions(HealSettings, OutputOptions, DeviceOptions):
     model: Path = opt(help="Checkpoint folder to heal.", cli=False)
     data: str | None = opt(None, "Training data spec: c4, alpaca, hf:NAME[:CONFIG][@SPLIT], builtin:sotu, or a local "
                                  "file.")
@@ -64,6 +64,7 @@ class HealOptions(HealSettings, OutputOptions):
         if not self.data:
             raise UsageError("--data is required", "give a data spec, e.g. --data c4 or --data builtin:sotu or a .txt file")
         self.check_heal()
+        self.check_device()
 
 
 @dataclass
@@ -118,7 +119,7 @@ def quantized_model(path, device):
     """A frozen NF4 model (the same quantization as the student's base), e.g. a ``--distill`` teacher."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from ..train.model import compute_dtype
+    from ..devices import compute_dtype
 
     dtype = compute_dtype(device)
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
@@ -209,7 +210,8 @@ def prune_and_heal(prune_opts, settings: HealSettings, progress: Progress | None
         if fields["teacher"] is None and fields["distill"] != "none":
             fields["teacher"] = Path(prune_opts.model)
         opts = HealOptions(model=tmp, output=out, data=prune_opts.heal, dtype=prune_opts.dtype,
-                           max_shard_size=prune_opts.max_shard_size, force=prune_opts.force, **fields)
+                           max_shard_size=prune_opts.max_shard_size, force=prune_opts.force, device=prune_opts.device,
+                           **fields)
         healed = run(opts, progress)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,14 +19,14 @@ from ..manifest.build import build_manifest, normalize_exits, quality_records
 from ..manifest.check import ValidationReport, check_checkpoint
 from ..manifest.stamp import write_in_place
 from ..manifest.store import read_sidecar
-from ..options import opt
+from ..options import PlacementOptions, opt
 from ..progress import Progress
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ManifestOptions:
+@dataclass(frozen=True, kw_only=True)
+class ManifestOptions(PlacementOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
     output: Path | None = opt(None, "Write a copy of MODEL with the manifest here.", flags=("-o", "--output"))
     in_place: bool = opt(False, "Write the manifest into MODEL itself (sidecar + header copy; weights untouched).")
@@ -47,6 +47,7 @@ class ManifestOptions:
                              "write a copy with -o OUT, or update MODEL with --in-place")
         if self.samples < 1 or self.seq_len < 2 or self.batch_size < 1:
             raise UsageError("--samples, --batch-size must be >= 1 and --seq-len >= 2", "give larger values")
+        self.check_placement()
 
 
 @dataclass
@@ -64,14 +65,17 @@ def measure_quality(path: Path, exits: list[dict], opts: ManifestOptions, progre
     from transformers import AutoTokenizer
 
     from ..data import parse_data_spec, training_examples
+    from ..devices import compute_dtype, load_causal_lm, resolve_device
     from ..eval import measure_exits
     from ..exits import ExitSpec
-    from ..loading import load
 
     tok = AutoTokenizer.from_pretrained(path)
     examples = list(training_examples(opts.eval_data, tok, seq_len=opts.seq_len, role="eval",
                                       max_examples=opts.samples))
-    model = load(path)
+    device = resolve_device(opts.device)
+    # the stored dtype on CPU (what the records have always been measured in), bf16 compute on GPUs
+    model = load_causal_lm(path, device=device, dtype="auto" if device.type == "cpu" else compute_dtype(device),
+                           device_map=opts.device_map, max_memory=opts.max_memory)
     quality, tokens = measure_exits(model, examples, [ExitSpec.of(e) for e in exits], batch_size=opts.batch_size,
                                     progress=progress)
     full = exits[-1]["name"]

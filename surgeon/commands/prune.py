@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..io.checkpoint import Checkpoint
-from ..options import CalibrationOptions, OutputOptions, as_record, opt
+from ..options import CalibrationOptions, OutputOptions, PlacementOptions, as_record, opt
 from ..progress import Progress
 from ..surgery.block import Block, block_from_analysis, deepest_block
 from ..surgery.execute import ExecuteResult
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class PruneOptions(OutputOptions, CalibrationOptions):
+class PruneOptions(OutputOptions, CalibrationOptions, PlacementOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
     n: int | None = opt(None, "Number of consecutive layers to drop.")
     start: int | None = opt(None, "First dropped layer (0-based): drops START..START+N-1. Overrides --strategy.")
@@ -30,7 +30,6 @@ class PruneOptions(OutputOptions, CalibrationOptions):
                         choices=("similarity", "deepest"))
     analysis: Path | None = opt(None, "analysis.json from `surgeon analyze` (similarity strategy).")
     allow_last: bool = opt(False, "Allow dropping the final layer (the paper shows it must be kept).")
-    offload: str = opt("none", "`layer`: run the analysis one decoder layer at a time.", choices=("none", "layer"))
     dry_run: bool = opt(False, "Print the plan and write nothing.")
     heal: str | None = opt(None, "Heal the pruned model on this data spec (QLoRA; tune with --heal-* options, see "
                                  "surgeon heal --help).")
@@ -40,6 +39,7 @@ class PruneOptions(OutputOptions, CalibrationOptions):
             raise UsageError("--n is required", "give the number of layers to drop, e.g. --n 6")
         self.check_output("plan", dry_run=self.dry_run)
         self.check_calibration()
+        self.check_placement()
 
 
 @dataclass
@@ -79,7 +79,8 @@ def similarity_block(ckpt: Checkpoint, opts: PruneOptions, progress: Progress | 
     from ..analyze import compute_analysis
 
     res = compute_analysis(ckpt.path, opts.data, samples=opts.samples, seq_len=opts.seq_len, pack=opts.pack,
-                           batch_size=opts.batch_size, offload=opts.offload, progress=progress)
+                           batch_size=opts.batch_size, offload=opts.offload, progress=progress, device=opts.device,
+                           device_map=opts.device_map, max_memory=opts.max_memory)
     report = res.to_dict()
     block = block_from_analysis(report, opts.n, opts.allow_last, ckpt.num_layers)
     block.analysis = {**(block.analysis or {}), "data_source": res.data_source, "seconds": round(res.seconds, 3)}

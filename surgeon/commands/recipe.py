@@ -88,6 +88,7 @@ class Recipe:
         from transformers import AutoTokenizer
 
         from ..data import parse_data_spec, training_examples
+        from ..devices import resolve_device
         from ..io.atomic import check_output
         from ..io.checkpoint import Checkpoint
         from ..train import load_trainable, seed_everything, train
@@ -95,11 +96,14 @@ class Recipe:
         from .output import save_merged
 
         opts, report = self.opts, self.report
-        state = distributed_state()  # joins multi-process launches (DDP; gloo on CPU)
+        wanted = resolve_device(opts.device)  # a device the machine lacks fails here, before anything loads
+        state = distributed_state(cpu=wanted.type == "cpu")  # joins multi-process launches (DDP; gloo on CPU)
+        # one process: the device asked for; several: each rank's own accelerator (or the CPU)
+        device = wanted if state.num_processes == 1 else state.device
         main = state.is_main_process
         ckpt = Checkpoint.open(opts.model)
         family = checkpoint_family(opts.model)
-        self.family, self.device = family, state.device
+        self.family, self.device = family, device
         self.prepare(ckpt)
         setup, cfg = opts.model_setup(), opts.train_config()
         check_output(Path(opts.output), Path(opts.model), opts.force)
@@ -119,21 +123,21 @@ class Recipe:
         # -- evaluate before
         before = None
         if eval_ex:
-            m = self.float_model(state.device)
+            m = self.float_model(device)
             before = self.measure(m, eval_ex, "before")
             del m
 
         # -- train
         seed_everything(opts.seed)
-        model = load_trainable(opts.model, setup, family, device=state.device)
-        loss_fn = self.loss_fn(state.device)
+        model = load_trainable(opts.model, setup, family, device=device)
+        loss_fn = self.loss_fn(device)
         ckdir = Path(opts.checkpoint_dir) if opts.checkpoint_dir else Path(str(opts.output) + ".checkpoints")
 
         def on_step(info):
             report(info.step, info.steps, f"training  loss {info.loss:.3f}  {info.tokens_per_s:,.0f} tok/s")
 
         result = train(model, train_ex, cfg, loss_fn=loss_fn, checkpoint_dir=ckdir if cfg.save_every else None,
-                       resume=opts.resume, progress=on_step)
+                       resume=opts.resume, progress=on_step, cpu=device.type == "cpu")
         del loss_fn
 
         # -- evaluate after (the exact output weights), write, clean up (main process only)
@@ -145,7 +149,7 @@ class Recipe:
             if eval_ex:
                 from ..train.merge import apply_in_memory
 
-                m = self.float_model(state.device)
+                m = self.float_model(device)
                 apply_in_memory(m, model)
                 after = self.measure(m, eval_ex, "after")
                 del m
@@ -165,7 +169,7 @@ class Recipe:
         """The source checkpoint (or ``path``) as a float model in the compute dtype, for evaluation."""
         from transformers import AutoModelForCausalLM
 
-        from ..train.model import compute_dtype
+        from ..devices import compute_dtype
 
         model = AutoModelForCausalLM.from_pretrained(str(path or self.opts.model), dtype=compute_dtype(device),
                                                      use_safetensors=True)

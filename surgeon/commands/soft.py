@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..exits import exit_name, parse_depths
 from ..manifest.build import quality_records
-from ..options import OutputOptions, RecipeOptions, opt
+from ..options import DeviceOptions, OutputOptions, RecipeOptions, opt
 from ..progress import Progress
 from ..soft.losses import LOSS_MODES
 from .recipe import Recipe
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SoftOptions(RecipeOptions, OutputOptions):
+class SoftOptions(RecipeOptions, OutputOptions, DeviceOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
     data: str | None = opt(None, "Training data: alpaca, c4, hf:NAME[:CONFIG][@SPLIT], builtin:sotu, or a local file.")
     exits: str | None = opt(None, "Comma-separated layer counts of the sub-models to train (default: every L/8-th "
@@ -54,6 +54,7 @@ class SoftOptions(RecipeOptions, OutputOptions):
             raise UsageError(f"--chunk-tokens must be positive (got {self.chunk_tokens})", "omit it for the default")
         self.weights()
         self.check_recipe()
+        self.check_device()
 
     def weights(self) -> tuple[float, ...] | None:
         if self.exit_weights is None:
@@ -155,7 +156,7 @@ class SoftRecipe(Recipe):
     def exits(self, run):
         """The trained exits with their measured held-out quality (the records ``surgeon manifest``
         writes), then the trained (depth, narrower FFN width) sub-models."""
-        from ..train.model import compute_dtype
+        from ..devices import compute_dtype
 
         after = run.after or _EMPTY
         L = self.num_layers

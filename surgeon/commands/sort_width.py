@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io.checkpoint import Checkpoint
-from ..options import CalibrationOptions, OutputOptions, as_record, opt, with_default
+from ..options import CalibrationOptions, OutputOptions, PlacementOptions, as_record, opt, with_default
 from ..progress import Progress
 from ..surgery.execute import ExecuteResult
 from ..surgery.plan import Plan
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SortWidthOptions(OutputOptions, CalibrationOptions):
+class SortWidthOptions(OutputOptions, CalibrationOptions, PlacementOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
     samples: int = with_default(CalibrationOptions, "samples", 128)
     seq_len: int = with_default(CalibrationOptions, "seq_len", 512)
@@ -38,6 +38,7 @@ class SortWidthOptions(OutputOptions, CalibrationOptions):
     def __post_init__(self):
         self.check_output("sorted checkpoint")
         self.check_calibration()
+        self.check_placement()
 
 
 @dataclass
@@ -57,11 +58,11 @@ class SortWidthResult:
 
 def run(opts: SortWidthOptions, progress: Progress | None = None) -> SortWidthResult:
     """Score channels/heads on calibration data, then stream out the permuted checkpoint."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from ..arch.registry import resolve_family
     from ..data import calibration_samples
+    from ..devices import load_causal_lm, resolve_device
 
     ckpt = Checkpoint.open(opts.model)
     cfg = ckpt.text_config
@@ -70,7 +71,8 @@ def run(opts: SortWidthOptions, progress: Progress | None = None) -> SortWidthRe
     tok = AutoTokenizer.from_pretrained(str(opts.model))
     calib = calibration_samples(opts.data, tok, samples=opts.samples, seq_len=opts.seq_len, pack=opts.pack,
                                 role="train")
-    model = AutoModelForCausalLM.from_pretrained(str(opts.model), dtype=torch.float32)
+    model = load_causal_lm(opts.model, device=resolve_device(opts.device), dtype="fp32", device_map=opts.device_map,
+                           max_memory=opts.max_memory)  # fp32: scores are ranked, ties should not come from rounding
     imp = width_importance(model, fam, calib.input_ids, batch_size=opts.batch_size, progress=progress)
     del model
     order = imp.order()

@@ -30,7 +30,7 @@ def _import_harness():
 
 
 def run_tasks(path: str | Path, exits: list, tasks: list[str] | str, limit: int | None = None,
-              batch_size: int = 1, dtype: str | None = None) -> dict[str, Any]:
+              batch_size: int = 1, dtype: str | None = None, device: str = "auto") -> dict[str, Any]:
     """Run harness ``tasks`` on each exit of ``path``; returns ``{"exits": {exit: harness results}, ...}``.
 
     ``exits``: layer counts, manifest names, exit specs, or None for the full model. ``limit``: examples per task
@@ -43,7 +43,7 @@ def run_tasks(path: str | Path, exits: list, tasks: list[str] | str, limit: int 
     lm_eval, HFLM = _import_harness()
     from ..runtime.sorted_model import SortedModel
 
-    sm = SortedModel.from_pretrained(path, dtype=dtype)
+    sm = SortedModel.from_pretrained(path, dtype=dtype, device=device)
     for e in exits:  # resolve every exit before the first (slow) run
         sm.layers_of(e)
     out: dict[str, Any] = {}

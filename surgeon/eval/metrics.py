@@ -30,6 +30,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 
 from ..data.training import IGNORE_INDEX, collate
+from ..devices import input_device
 from ..errors import DataError
 from ..exits import ExitSpec
 from ..progress import Progress
@@ -139,7 +140,8 @@ def measure_exits(model, examples: Sequence[dict], exits: Iterable[int | ExitSpe
     uniq = list(dict.fromkeys(keys))
     full_key = (tuple(range(L)), ())
     passes = _passes(specs, L, kl)
-    device = next(model.parameters()).device
+    device = input_device(model)  # with a device map the layers, and the exits' hidden states, live elsewhere
+    head_device = mods.head.weight.device if hasattr(mods.head, "weight") else device
     ce = dict.fromkeys(uniq, 0.0)
     kls = dict.fromkeys(uniq, 0.0)
     agree = dict.fromkeys(uniq, 0)
@@ -154,10 +156,11 @@ def measure_exits(model, examples: Sequence[dict], exits: Iterable[int | ExitSpe
                 hidden: dict = {}
                 for pkeys, layers, widths in passes:
                     hidden.update(_run_pass(model, mods, pkeys, layers, widths, ids, mask))
-                targets = labels[:, 1:].reshape(-1).to(device)
+                targets = labels[:, 1:].reshape(-1).to(head_device)
                 keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
                 targets = targets[keep]
-                rows = {k: h[:, :-1].reshape(-1, h.shape[-1]).index_select(0, keep) for k, h in hidden.items()}
+                rows = {k: h[:, :-1].reshape(-1, h.shape[-1]).index_select(0, keep.to(h.device)).to(head_device)
+                        for k, h in hidden.items()}
                 del hidden
                 vocab = mods.head.weight.shape[0] if hasattr(mods.head, "weight") else 1
                 chunk = chunk_tokens or default_chunk_tokens(vocab)

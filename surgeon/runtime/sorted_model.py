@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, UsageError
+from ..errors import UsageError
 from ..exits import prefix_depth, resolve_exit
 from .early_exit import early_exit_plan
 from .result import GenerationResult
@@ -43,35 +43,35 @@ class SortedModel:
         self._draft_heads: dict[int, Any] = {}  # id-order draft heads by size
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: str | Any | None = None, device: str = "cpu",
-                        kernels: str = "stock") -> SortedModel:
-        """Load ``path`` (a Hugging Face checkpoint folder) once; ``dtype``: bf16/fp16/fp32 or a torch dtype.
+    def from_pretrained(cls, path: str | Path, dtype: str | Any | None = None, device: Any = "cpu",
+                        kernels: str = "stock", device_map: str | None = None,
+                        max_memory: str | None = None) -> SortedModel:
+        """Load ``path`` (a Hugging Face checkpoint folder) once; ``dtype``: bf16/fp16/fp32 or a torch dtype
+        (default: as stored). ``device``: a device or ``--device`` spelling (``auto``, ``cuda:1``, ...);
+        ``device_map="auto"`` (+ ``max_memory``) spreads the layers over several devices.
 
         ``kernels="onednn"`` runs the linear layers through oneDNN with prepacked weights on CPU
         (:mod:`surgeon.runtime.kernels`: faster decoding, near-free multi-token verification, twice the
         linear layers' memory).
         """
+        from ..devices import load_causal_lm, resolve_device
         from .kernels import KERNELS
 
         if kernels not in KERNELS:
             raise UsageError(f"unknown kernels {kernels!r}", f"give one of {', '.join(KERNELS)}")
-        if kernels != "stock" and device != "cpu":
+        cpu_only = kernels != "stock"
+        if cpu_only and (device_map or str(device) not in ("cpu", "auto")):
             raise UsageError(f"kernels {kernels!r} are CPU kernels", "use --kernels stock on an accelerator")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        device = resolve_device("cpu" if cpu_only else device) if isinstance(device, str) else device
+        from transformers import AutoTokenizer
 
         from ..io.checkpoint import Checkpoint
         from ..manifest.store import read_exits
-        from ..units import torch_dtype
 
         path = Path(path)
         ckpt = Checkpoint.open(path)  # clear errors for a missing config / weights
-        if isinstance(dtype, str) and dtype != "auto":
-            dtype = torch_dtype(dtype)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto").to(device)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"transformers cannot load {path}: {str(e).splitlines()[0]}",
-                                  "check that the folder is a causal-LM checkpoint (`surgeon inspect` it)") from None
+        model = load_causal_lm(path, device=device, dtype=dtype or "auto", device_map=device_map,
+                               max_memory=max_memory)
         tok = None
         try:
             tok = AutoTokenizer.from_pretrained(path)

@@ -220,15 +220,17 @@ def train(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     progress: Callable[[StepInfo], None] | None = None,
+    cpu: bool = False,
 ) -> TrainResult:
-    """Train ``model`` in place for ``cfg.steps`` optimizer steps (see :mod:`surgeon.train`)."""
+    """Train ``model`` in place for ``cfg.steps`` optimizer steps (see :mod:`surgeon.train`); ``cpu=True``
+    trains on the CPU even when an accelerator is present."""
     import torch
     from accelerate import Accelerator
 
     examples = examples if isinstance(examples, Sequence) else list(examples)
     loss_fn = loss_fn or causal_lm_loss
     collate_fn = collate_fn or collate
-    acc = Accelerator(cpu=use_cpu_processes())
+    acc = Accelerator(cpu=cpu or use_cpu_processes())
     world = acc.num_processes
     if len(examples) < cfg.batch_size * world:
         raise DataError(

@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from ..arch.registry import Family, resolve_family
+from ..devices import compute_dtype
 from ..errors import CheckpointError, UsageError
 from .config import ModelSetup
 
@@ -41,11 +42,12 @@ def use_cpu_processes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
-def distributed_state():
-    """accelerate's ``PartialState`` for this process (one CPU, one GPU, or one DDP rank)."""
+def distributed_state(cpu: bool = False):
+    """accelerate's ``PartialState`` for this process (one CPU, one GPU, or one DDP rank); ``cpu=True``
+    keeps the process on the CPU even when an accelerator is present."""
     from accelerate import PartialState
 
-    return PartialState(cpu=use_cpu_processes())
+    return PartialState(cpu=cpu or use_cpu_processes())
 
 
 def default_device():
@@ -75,15 +77,6 @@ def resolve_targets(setup: ModelSetup, family: Family, model) -> list[str]:
             f"choose from {', '.join(available)} (default: the FFN projections {', '.join(family.ffn_modules)})",
         )
     return targets
-
-
-def compute_dtype(device):
-    """fp32 on CPU (bf16 matmuls are slow there); bf16 on GPUs that support it, else fp32."""
-    import torch
-
-    if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def load_trainable(path: str | Path, setup: ModelSetup, family: Family | None = None, *, device=None):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from ..arch.registry import Family
 from ..data.training import collate
+from ..devices import input_device
 from ..progress import Progress
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ def width_importance(
     def ffn_hook(i):
         def hook(_mod, args):
             a = args[0].detach().abs().to(torch.float64)
-            m = state["mask"]
-            s = (a * m[..., None]).sum(dim=(0, 1))
+            m = state["mask"].to(a.device)
+            s = (a * m[..., None]).sum(dim=(0, 1)).cpu()
             ffn_sum[i] = s if ffn_sum[i] is None else ffn_sum[i] + s
         return hook
 
@@ -77,15 +78,15 @@ def width_importance(
             x = args[0].detach().to(torch.float64)
             b, t, _ = x.shape
             norms = x.reshape(b, t, nh, head_dim).norm(dim=-1)  # b, t, nh
-            norms = norms * state["mask"][..., None]
-            kv_sum[i] += norms.sum(dim=(0, 1)).reshape(nkv, r).sum(dim=-1)
+            norms = norms * state["mask"].to(norms.device)[..., None]
+            kv_sum[i] += norms.sum(dim=(0, 1)).reshape(nkv, r).sum(dim=-1).cpu()
         return hook
 
     handles = []
     for i, layer in enumerate(layers):
         handles.append(layer.get_submodule(family.ffn["down"]).register_forward_pre_hook(ffn_hook(i)))
         handles.append(layer.get_submodule(family.attention["o"]).register_forward_pre_hook(attn_hook(i)))
-    device = next(model.parameters()).device
+    device = input_device(model)
     tokens = 0
     was_training = model.training
     model.eval()
