@@ -106,8 +106,14 @@ def load_causal_lm(path: str | Path, *, device=None, dtype=None, device_map: str
         if device_map != "auto":
             raise UsageError(f"unknown --device-map {device_map!r}", "give --device-map auto")
         kwargs.update(device_map="auto", max_memory=parse_max_memory(max_memory))
-        if offload_folder is not None:
-            kwargs["offload_folder"] = str(offload_folder)
+        if offload_folder is None:  # layers that fit nowhere go to disk (safetensors are read in place)
+            import atexit
+            import shutil
+            import tempfile
+
+            offload_folder = tempfile.mkdtemp(prefix="surgeon-offload-")
+            atexit.register(shutil.rmtree, offload_folder, True)
+        kwargs["offload_folder"] = str(offload_folder)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as e:
@@ -118,10 +124,24 @@ def load_causal_lm(path: str | Path, *, device=None, dtype=None, device_map: str
     return model.eval()
 
 
-def input_device(model):
-    """Where a (possibly device-mapped) model takes its input ids: its embedding's device."""
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    weight = getattr(emb, "weight", None)
+def execution_device(module, default=None):
+    """Where ``module`` computes: accelerate's hook's execution device (a device-mapped or disk-offloaded
+    module's weights may live elsewhere, or on ``meta``), else its weight's device, else ``default``."""
+    import torch
+
+    dev = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if dev is not None:
+        return torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
+    weight = getattr(module, "weight", None)
     if weight is not None and weight.device.type != "meta":
         return weight.device
+    return default
+
+
+def input_device(model):
+    """Where a (possibly device-mapped) model takes its input ids: its embedding's execution device."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    dev = execution_device(emb) if emb is not None else None
+    if dev is not None:
+        return dev
     return next(p.device for p in model.parameters() if p.device.type != "meta")

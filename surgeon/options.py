@@ -78,8 +78,8 @@ def click_options(cls: type, prefix: str | None = None) -> Any:
             kw: dict[str, Any] = {"help": md["help"], "show_default": default not in (None, False, "")}
             if tp is bool:
                 if not any("/" in x for x in flags):
-                    flags = [f"--{name}/--no-{name}"] if default else flags
-                kw.update(is_flag=True, default=bool(default))
+                    flags = [f"--{name}/--no-{name}"] if default or default is None else flags
+                kw.update(is_flag=True, default=None if default is None else bool(default))
             else:
                 if md.get("choices"):
                     kw["type"] = click.Choice(md["choices"], case_sensitive=False)
@@ -128,6 +128,8 @@ class DeviceOptions:
     device: str = opt("auto", "Device: auto (the accelerator when there is one), cpu, cuda, cuda:N or mps.")
 
     def check_device(self) -> None:
+        if self.device in ("auto", "cpu"):  # always available: no need to import torch to know
+            return
         from .devices import resolve_device
 
         resolve_device(self.device)  # a device the machine does not have fails before anything loads

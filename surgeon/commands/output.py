@@ -2,9 +2,11 @@
 
 Every command that writes a checkpoint (prune, extract, sort-width, heal, soft, manifest -o) goes
 through :func:`write_output`: the streaming executor writes the tensors, config, side files and
-provenance into a temp folder, and its ``finalize`` hook stamps the sorted manifest there (the exits
-given, the full model always added; verification records for models up to 150M parameters unless
-``verify`` says otherwise) before the folder is renamed into place.
+provenance into a temp folder, and its ``finalize`` hook (:class:`surgeon.manifest.stamp.OutputStamp`)
+builds the sorted manifest from the planned output before the shards are written (the exits given,
+the full model always added), so the header carries its copy from the first byte and the sidecar
+records the hashes taken while writing: no output file is read back. Verification records (models up
+to 150M parameters unless ``verify`` says otherwise) load the written model, deliberately.
 """
 
 from __future__ import annotations
@@ -26,13 +28,10 @@ def write_output(plan: Plan, out: str | Path, *, force: bool = False, max_shard_
     ``exits``: the output's exits as ``{"name", "layers", "widths"?, "quality"?}`` with ``layers``
     indexing the OUTPUT model's layers (default: the full model only, which is always added).
     """
-    from ..manifest.stamp import stamp
-
-    def finalize(folder: Path, chain: list) -> None:
-        stamp(folder, exits, chain, verify, strict=False)
+    from ..manifest.stamp import OutputStamp
 
     return execute(plan, out, force=force, max_shard_bytes=max_shard_bytes, transforms=transforms,
-                   extra_provenance=extra_provenance, progress=progress, finalize=finalize)
+                   extra_provenance=extra_provenance, progress=progress, finalize=OutputStamp(exits, verify))
 
 
 def save_merged(model, source: str | Path, out: str | Path, *, operation: str = "heal", dtype: str | None = None,

@@ -5,11 +5,12 @@
 2. **budget the examples**: exactly ``steps x batch x grad_accum x processes`` training examples
    from ``--data`` (``role="train"``: never the held-out slice or the validation split) and
    ``--eval-samples`` held-out ones (``--eval-data``, default: the same data's held-out role);
-3. **evaluate before** on the float model (main process);
+3. **evaluate before** on the source, layer-streamed (:class:`surgeon.offload.StreamedModel`; main process);
 4. **train** (:func:`surgeon.train.load_trainable` + :func:`surgeon.train.train` with the recipe's
    ``loss_fn``; resumable checkpoints in ``OUT.checkpoints``);
-5. **evaluate after** on the exact weights the output will hold (LoRA deltas added to the original
-   float weights, or the fully trained weights);
+5. **evaluate after** on the exact weights the output will hold, layer-streamed (each layer's LoRA
+   deltas added to the original float weights as it is read, or the fully trained weights, cast to the
+   output dtype): no float copy of the model is ever held beside the trained one;
 6. **write** the merged checkpoint through the one output path (the training merged in as
    :func:`surgeon.train.merge.merge_transforms`; the recipe's exits in its sorted manifest, its
    results in the provenance), then **clean up** the checkpoints.
@@ -123,9 +124,7 @@ class Recipe:
         # -- evaluate before
         before = None
         if eval_ex:
-            m = self.float_model(device)
-            before = self.measure(m, eval_ex, "before")
-            del m
+            before = self.measure(self.streamed(device), eval_ex, "before")
 
         # -- train
         seed_everything(opts.seed)
@@ -147,12 +146,9 @@ class Recipe:
         if main:
             self.after_training(model, eval_ex)
             if eval_ex:
-                from ..train.merge import apply_in_memory
+                from ..train.merge import merge_transforms
 
-                m = self.float_model(device)
-                apply_in_memory(m, model)
-                after = self.measure(m, eval_ex, "after")
-                del m
+                after = self.measure(self.streamed(device, merge_transforms(model, ckpt)), eval_ex, "after")
             run.after = after
             out = save_merged(model, opts.model, opts.output, operation=self.operation, dtype=opts.dtype,
                               options=as_record(opts), force=opts.force, max_shard_bytes=opts.max_shard_bytes,
@@ -164,6 +160,18 @@ class Recipe:
                 shutil.rmtree(ckdir, ignore_errors=True)
         state.wait_for_everyone()
         return run
+
+    def streamed(self, device, transforms: dict | None = None):
+        """The source checkpoint layer-streamed in the compute dtype (:class:`surgeon.offload.StreamedModel`):
+        no float copy of the model beside the trained one. With ``transforms`` (the merge), each tensor
+        is the output's: source + LoRA delta (or the trained weight), cast to the output dtype."""
+        from ..devices import compute_dtype
+        from ..offload import StreamedModel
+        from ..units import torch_dtype
+
+        out_dtype = torch_dtype(self.opts.dtype) if transforms is not None and self.opts.dtype else None
+        return StreamedModel(self.opts.model, device=device, dtype=compute_dtype(device), transforms=transforms,
+                             out_dtype=out_dtype)
 
     def float_model(self, device, path: str | Path | None = None):
         """The source checkpoint (or ``path``) as a float model in the compute dtype, for evaluation."""

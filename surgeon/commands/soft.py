@@ -109,18 +109,21 @@ class SoftRecipe(Recipe):
     def measure(self, model, examples, label):
         """Every exit's quality, then (with ``--ffn-exits``) every (depth, narrower width) pair's loss."""
         from ..eval import measure_exits
-        from ..width.masking import width_mask
+        from ..exits import ExitSpec
 
         opts = self.opts
         quality, tokens = measure_exits(model, examples, self.depths, batch_size=opts.eval_batch_size,
                                         chunk_tokens=opts.chunk_tokens,
                                         progress=lambda d, t, _: self.report(d, t, f"evaluating ({label})"))
         widths = {}
-        for k in self.widths[:-1]:  # KL / top-1 only make sense against the full model
-            with width_mask(model, ffn=k, family=self.family):
-                widths[k], _ = measure_exits(model, examples, self.depths, batch_size=opts.eval_batch_size, kl=False,
-                                             chunk_tokens=opts.chunk_tokens,
-                                             progress=lambda d, t, _, k=k: self.report(d, t, f"evaluating ({label}, ffn {k})"))
+        narrow = self.widths[:-1]  # KL / top-1 only make sense against the full model
+        if narrow:
+            specs = [ExitSpec(None, list(range(d)), {"ffn": k}) for k in narrow for d in self.depths]
+            q, _ = measure_exits(model, examples, specs, batch_size=opts.eval_batch_size, kl=False,
+                                 chunk_tokens=opts.chunk_tokens,
+                                 progress=lambda d, t, _: self.report(d, t, f"evaluating ({label}, narrower FFN)"))
+            n = len(self.depths)
+            widths = {k: q[i * n:(i + 1) * n] for i, k in enumerate(narrow)}
         return {"quality": quality, "tokens": tokens, "widths": widths}
 
     def loss_fn(self, device):

@@ -58,11 +58,13 @@ class SortWidthResult:
 
 def run(opts: SortWidthOptions, progress: Progress | None = None) -> SortWidthResult:
     """Score channels/heads on calibration data, then stream out the permuted checkpoint."""
+    import torch
     from transformers import AutoTokenizer
 
     from ..arch.registry import resolve_family
     from ..data import calibration_samples
     from ..devices import load_causal_lm, resolve_device
+    from ..offload import StreamedModel
 
     ckpt = Checkpoint.open(opts.model)
     cfg = ckpt.text_config
@@ -71,8 +73,12 @@ def run(opts: SortWidthOptions, progress: Progress | None = None) -> SortWidthRe
     tok = AutoTokenizer.from_pretrained(str(opts.model))
     calib = calibration_samples(opts.data, tok, samples=opts.samples, seq_len=opts.seq_len, pack=opts.pack,
                                 role="train")
-    model = load_causal_lm(opts.model, device=resolve_device(opts.device), dtype="fp32", device_map=opts.device_map,
-                           max_memory=opts.max_memory)  # fp32: scores are ranked, ties should not come from rounding
+    device = resolve_device(opts.device)
+    if opts.offload == "layer":  # one decoder layer in memory at a time
+        model = StreamedModel(opts.model, device=device, dtype=torch.float32)
+    else:  # fp32: scores are ranked, ties should not come from rounding
+        model = load_causal_lm(opts.model, device=device, dtype="fp32", device_map=opts.device_map,
+                               max_memory=opts.max_memory)
     imp = width_importance(model, fam, calib.input_ids, batch_size=opts.batch_size, progress=progress)
     del model
     order = imp.order()

@@ -30,7 +30,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 
 from ..data.training import IGNORE_INDEX, collate
-from ..devices import input_device
+from ..devices import execution_device, input_device
 from ..errors import DataError
 from ..exits import ExitSpec
 from ..progress import Progress
@@ -126,78 +126,142 @@ def _run_pass(model, mods: ExitModules, keys: tuple, layers, widths, ids, mask) 
     return {k: hidden[d] for k, d in depths.items()}
 
 
+class _Scores:
+    """Cross-entropy, KL(full || exit) and top-1 agreement sums of every exit key, chunk by chunk."""
+
+    def __init__(self, keys, full_key, kl: bool, chunk_tokens: int | None):
+        self.keys, self.full_key, self.kl, self.chunk_tokens = keys, full_key, kl, chunk_tokens
+        self.ce = dict.fromkeys(keys, 0.0)
+        self.kls = dict.fromkeys(keys, 0.0)
+        self.agree = dict.fromkeys(keys, 0)
+        self.count = 0
+
+    def add(self, mods: ExitModules, rows: dict, targets) -> None:
+        """Score the residual-stream ``rows`` ``{key: (N, D)}`` of ``N`` scored tokens against ``targets``."""
+        import torch
+
+        kl, full_key = self.kl, self.full_key
+        vocab = mods.head.weight.shape[0] if hasattr(mods.head, "weight") else 1
+        chunk = self.chunk_tokens or default_chunk_tokens(vocab)
+        for s in range(0, len(targets), chunk):
+            t = targets[s:s + chunk]
+            full = torch.log_softmax(mods.logits(rows[full_key][s:s + chunk]).float(), -1) if kl else None
+            pfull = full.exp() if kl else None
+            for k in self.keys:
+                lp = full if (kl and k == full_key) else torch.log_softmax(
+                    mods.logits(rows[k][s:s + chunk]).float(), -1)
+                self.ce[k] += float(-lp.gather(1, t[:, None]).sum())
+                if kl:
+                    self.kls[k] += float((pfull * (full - lp)).sum())
+                    self.agree[k] += int((full.argmax(-1) == lp.argmax(-1)).sum())
+        self.count += len(targets)
+
+    def qualities(self, specs: Sequence[ExitSpec], keys: Sequence) -> list[ExitQuality]:
+        if self.count == 0:
+            raise DataError("the evaluation data has no scored tokens (all labels are -100, or sequences of length 1)",
+                            "give longer sequences or examples with supervised tokens")
+        out, n, kl = [], self.count, self.kl
+        for e, k in zip(specs, keys):
+            loss = self.ce[k] / n
+            out.append(ExitQuality(e.num_layers, loss, perplexity(loss), self.kls[k] / n if kl else None,
+                                   self.agree[k] / n if kl else None))
+        return out
+
+
+def _scored(labels):
+    """Flattened next-token targets of a batch and the indices of the scored ones."""
+    targets = labels[:, 1:].reshape(-1)
+    keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+    return targets[keep], keep
+
+
+def _select(h, keep):
+    return h[:, :-1].reshape(-1, h.shape[-1]).index_select(0, keep.to(h.device))
+
+
 def measure_exits(model, examples: Sequence[dict], exits: Iterable[int | ExitSpec], *, batch_size: int = 4,
                   kl: bool = True, chunk_tokens: int | None = None, progress: Progress | None = None,
                   mods: ExitModules | None = None) -> tuple[list[ExitQuality], int]:
     """Quality of every exit over ``examples`` (see module doc); returns ``(qualities in the order
-    given, scored tokens)``. ``kl=True`` also runs the full depth to compare against."""
+    given, scored tokens)``. ``kl=True`` also runs the full depth to compare against. ``model`` is a
+    loaded model or a :class:`~surgeon.offload.StreamedModel` (one decoder layer in memory at a time)."""
     import torch
 
-    mods = mods or exit_modules(model)
-    L = mods.num_layers
+    from ..offload import StreamedModel
+
+    streamed = isinstance(model, StreamedModel)
+    mods = None if streamed else (mods or exit_modules(model))
+    L = model.num_layers if streamed else mods.num_layers
     specs = [e if isinstance(e, ExitSpec) else ExitSpec(None, list(range(int(e)))) for e in exits]
     keys = [(tuple(e.layers), tuple(sorted((e.widths or {}).items()))) for e in specs]
-    uniq = list(dict.fromkeys(keys))
-    full_key = (tuple(range(L)), ())
+    scores = _Scores(list(dict.fromkeys(keys)), (tuple(range(L)), ()), kl, chunk_tokens)
     passes = _passes(specs, L, kl)
+    if streamed:
+        _measure_streamed(model, examples, passes, scores, batch_size, progress)
+        return scores.qualities(specs, keys), scores.count
     device = input_device(model)  # with a device map the layers, and the exits' hidden states, live elsewhere
-    head_device = mods.head.weight.device if hasattr(mods.head, "weight") else device
-    ce = dict.fromkeys(uniq, 0.0)
-    kls = dict.fromkeys(uniq, 0.0)
-    agree = dict.fromkeys(uniq, 0)
-    count = 0
+    head_device = execution_device(mods.head, device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for b in range(0, len(examples), batch_size):
                 batch = collate(examples[b:b + batch_size])
-                ids, labels, mask = batch["input_ids"].to(device), batch["labels"], batch["attention_mask"].to(device)
+                ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
                 hidden: dict = {}
                 for pkeys, layers, widths in passes:
                     hidden.update(_run_pass(model, mods, pkeys, layers, widths, ids, mask))
-                targets = labels[:, 1:].reshape(-1).to(head_device)
-                keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
-                targets = targets[keep]
-                rows = {k: h[:, :-1].reshape(-1, h.shape[-1]).index_select(0, keep.to(h.device)).to(head_device)
-                        for k, h in hidden.items()}
+                targets, keep = _scored(batch["labels"].to(head_device))
+                rows = {k: _select(h, keep).to(head_device) for k, h in hidden.items()}
                 del hidden
-                vocab = mods.head.weight.shape[0] if hasattr(mods.head, "weight") else 1
-                chunk = chunk_tokens or default_chunk_tokens(vocab)
-                for s in range(0, len(targets), chunk):
-                    t = targets[s:s + chunk]
-                    full = torch.log_softmax(mods.logits(rows[full_key][s:s + chunk]).float(), -1) if kl else None
-                    pfull = full.exp() if kl else None
-                    for k in uniq:
-                        lp = full if (kl and k == full_key) else torch.log_softmax(
-                            mods.logits(rows[k][s:s + chunk]).float(), -1)
-                        ce[k] += float(-lp.gather(1, t[:, None]).sum())
-                        if kl:
-                            kls[k] += float((pfull * (full - lp)).sum())
-                            agree[k] += int((full.argmax(-1) == lp.argmax(-1)).sum())
-                count += len(targets)
+                scores.add(mods, rows, targets)
                 if progress:
                     progress(min(b + batch_size, len(examples)), len(examples), "evaluating")
     finally:
         model.train(was_training)
-    if count == 0:
-        raise DataError("the evaluation data has no scored tokens (all labels are -100, or sequences of length 1)",
-                        "give longer sequences or examples with supervised tokens")
-    out = []
-    for e, k in zip(specs, keys):
-        loss = ce[k] / count
-        out.append(ExitQuality(e.num_layers, loss, perplexity(loss), kls[k] / count if kl else None,
-                               agree[k] / count if kl else None))
-    return out, count
+    return scores.qualities(specs, keys), scores.count
+
+
+def _measure_streamed(sm, examples, passes, scores: _Scores, batch_size: int, progress) -> None:
+    """:func:`measure_exits` layer-major: every pass is a stream; exit rows are kept until the head runs."""
+    from ..offload import Stream
+
+    batches = [collate(examples[b:b + batch_size]) for b in range(0, len(examples), batch_size)]
+    scored = [_scored(batch["labels"]) for batch in batches]
+    prepared = sm.prepare([{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in batches])
+    streams, capture = [], []  # capture[s]: {layer index: [keys captured after it]}
+    for pkeys, layers, widths in passes:
+        at: dict[int, list] = {}
+        for k in pkeys:
+            at.setdefault(k[0][-1], []).append(k)
+        streams.append(Stream(frozenset(layers if layers is not None else range(max(at) + 1)), widths))
+        capture.append(at)
+    rows = [dict() for _ in batches]
+
+    def on_output(s, l, b, x_in, x_out):
+        for k in capture[s].get(l, ()):
+            rows[b][k] = _select(x_out, scored[b][1])
+
+    depth = max(max(st.layers) for st in streams) + 1
+    sm.run(prepared, streams, on_output, depth=depth, progress=progress)
+    del prepared
+    with sm.head() as mods:
+        for b, (targets, _) in enumerate(scored):
+            scores.add(mods, {k: r.to(sm.device) for k, r in rows[b].items()}, targets.to(sm.device))
+            rows[b] = None
 
 
 def heldout_loss(model, data, batch_size: int = 8, progress: Progress | None = None,
                  chunk_tokens: int | None = None) -> LossResult:
-    """Mean cross-entropy (nats) of ``model`` (the full model) over all scored tokens of ``data``."""
+    """Mean cross-entropy (nats) of ``model`` (the full model; loaded or a
+    :class:`~surgeon.offload.StreamedModel`) over all scored tokens of ``data``."""
+    from ..offload import StreamedModel
+
     if batch_size < 1:
         raise DataError(f"batch size {batch_size} is below 1", "give --batch-size 1 or more")
     examples = as_examples(data)
-    mods = exit_modules(model)
-    quality, tokens = measure_exits(model, examples, [mods.num_layers], batch_size=batch_size, kl=False,
+    mods = None if isinstance(model, StreamedModel) else exit_modules(model)
+    L = mods.num_layers if mods else model.num_layers
+    quality, tokens = measure_exits(model, examples, [L], batch_size=batch_size, kl=False,
                                     chunk_tokens=chunk_tokens, progress=progress, mods=mods)
     return LossResult(quality[0].loss, quality[0].perplexity, tokens, len(examples))

@@ -64,6 +64,44 @@ def encode_header(tensors: Sequence[OutTensor], metadata: dict[str, str] | None,
     return struct.pack("<Q", len(raw)) + raw
 
 
+class HashingWriter:
+    """A write-only file that hashes (sha256) and counts every byte as it is written."""
+
+    def __init__(self, f):
+        import hashlib
+
+        self._f, self._h, self.bytes = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        mv = memoryview(data).cast("B")
+        self._h.update(mv)
+        self.bytes += len(mv)
+        return self._f.write(mv)
+
+    def tell(self) -> int:
+        return self.bytes
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """A file as written: its name, size and sha256 (hashed while writing: nothing is read back)."""
+
+    name: str
+    bytes: int
+    sha256: str
+
+
+def planned_layout(tensors: Sequence[OutTensor], max_shard_bytes: int, metadata: dict[str, str] | None = None,
+                   reserve: int = 0) -> list[tuple[str, list[OutTensor], int]]:
+    """``[(file name, tensors, header bytes)]``: where every tensor will sit, before anything is written."""
+    shards = layout_shards(tensors, max_shard_bytes)
+    names = shard_names(len(shards))
+    return [(n, sh, len(encode_header(sh, metadata, reserve if len(shards) == 1 else 0))) for n, sh in zip(names, shards)]
+
+
 def write_shards(
     folder: Path,
     tensors: Sequence[OutTensor],
@@ -71,18 +109,24 @@ def write_shards(
     max_shard_bytes: int,
     metadata: dict[str, str] | None = None,
     reserve: int = 0,
-) -> tuple[list[str], dict[str, str]]:
+    single_file_metadata: dict[str, str] | None = None,
+) -> tuple[list[str], dict[str, str], list[WrittenFile]]:
     """Write ``tensors`` into shards under ``folder``. ``write_data(t, fileobj)`` writes ``t.nbytes`` bytes.
 
-    Returns (file names, weight_map). A single shard is ``model.safetensors``; more get an index
-    written by the caller (see :func:`write_index`).
+    ``single_file_metadata`` is added to the header's ``__metadata__`` when everything fits one file.
+    Returns (file names, weight_map, the files as written with their sha256). A single shard is
+    ``model.safetensors``; more get an index written by the caller (see :func:`write_index`).
     """
     shards = layout_shards(tensors, max_shard_bytes)
     names = shard_names(len(shards))
+    if len(shards) == 1 and single_file_metadata:
+        metadata = {**(metadata or {}), **single_file_metadata}
     weight_map: dict[str, str] = {}
+    written = []
     for fname, shard in zip(names, shards):
         path = folder / fname
-        with open(path, "wb") as f:
+        with open(path, "wb") as raw:
+            f = HashingWriter(raw)
             f.write(encode_header(shard, metadata, reserve if len(shards) == 1 else 0))
             for t in shard:
                 start = f.tell()
@@ -91,9 +135,10 @@ def write_shards(
                     raise CheckpointError(f"internal error: wrote {f.tell() - start} bytes for {t.name}, expected {t.nbytes}",
                                           "please report this")
                 weight_map[t.name] = fname
-            f.flush()
-            os.fsync(f.fileno())
-    return names, weight_map
+            raw.flush()
+            os.fsync(raw.fileno())
+        written.append(WrittenFile(fname, f.bytes, f.hexdigest()))
+    return names, weight_map, written
 
 
 def write_index(folder: Path, weight_map: dict[str, str], total_size: int, metadata: dict | None = None) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..io.checkpoint import INDEX_FILE, Checkpoint
 from .build import build_manifest, normalize_exits
 from .model import MANIFEST_FILE, ManifestError
-from .store import _stamp_header, header_value, pointer_value, write_manifest
+from .store import HEADER_KEY, _stamp_header, header_value, pointer_value, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,39 @@ def stamp(folder: str | Path, exits: list[dict] | None = None, provenance: list[
             log.warning("sorted manifest of %s written without verification records: %s", folder, e)
             records = {}
     return write_manifest(folder, build_manifest(ckpt, exits, provenance, records))
+
+
+class OutputStamp:
+    """The :class:`surgeon.surgery.execute.Finalize` of every surgeon output: the manifest is built from
+    the planned output before its shards are written, so the single file's header (or the index) is
+    written with the manifest copy in it and the files are hashed as they are written; nothing is
+    read back. Verification records (models up to :data:`VERIFY_MAX_PARAMETERS`) need the written
+    model itself: then the output is loaded, the header re-stamped and hashed, as :func:`stamp` does."""
+
+    def __init__(self, exits: list[dict] | None, verify: bool | None = None):
+        self.exits, self.verify = exits, verify
+        self.manifest: dict | None = None
+
+    def header(self, planned: Checkpoint, chain: list) -> dict[str, str]:
+        self.chain = chain
+        exits = normalize_exits(planned, self.exits)
+        try:
+            self.manifest = build_manifest(planned, exits, chain)
+        except ManifestError as e:
+            log.warning("no sorted manifest written for this output: %s", e)
+            return {}
+        self.normalized = exits
+        if self.verify is None:
+            self.verify = planned.num_parameters <= VERIFY_MAX_PARAMETERS
+        return {} if self.verify else {HEADER_KEY: header_value(self.manifest)}
+
+    def finish(self, folder: Path, written: list) -> None:
+        if self.manifest is None:
+            return
+        if self.verify:
+            stamp(folder, self.exits, self.chain, True, strict=False)
+        else:
+            write_manifest(folder, self.manifest, written)
 
 
 IN_PLACE_BACKUP = ".sorted_manifest.previous-"  # + a random suffix; empty = "there was no manifest"

@@ -111,14 +111,22 @@ def weight_files(folder: Path) -> list[str]:
     return [SINGLE_FILE] if (folder / SINGLE_FILE).is_file() else sorted(p.name for p in folder.glob("*.safetensors"))
 
 
-def write_manifest(folder: str | Path, manifest: dict) -> dict:
-    """Stamp the header copy, hash the weight files, write the sidecar last. Returns the final manifest."""
+def write_manifest(folder: str | Path, manifest: dict, written: list | None = None) -> dict:
+    """Stamp the header copy, hash the weight files, write the sidecar last. Returns the final manifest.
+
+    ``written``: the weight files as the writer produced them (``.name``, ``.bytes``, ``.sha256``),
+    their headers already carrying this manifest's copy: nothing is stamped or read back."""
     folder = Path(folder)
     m = {k: v for k, v in manifest.items() if k != "weights"}
     validate_manifest(m, header_copy=True)
-    stamped = _stamp_header(folder, header_value(m), pointer_value(m))
-    m["weights"] = {"files": [{"name": f, "bytes": (folder / f).stat().st_size, "sha256": sha256_file(folder / f)}
-                              for f in weight_files(folder)]}
+    if written is not None:
+        stamped = "the header as written"
+        files = [{"name": w.name, "bytes": w.bytes, "sha256": w.sha256} for w in written]
+    else:
+        stamped = _stamp_header(folder, header_value(m), pointer_value(m))
+        files = [{"name": f, "bytes": (folder / f).stat().st_size, "sha256": sha256_file(folder / f)}
+                 for f in weight_files(folder)]
+    m["weights"] = {"files": files}
     validate_manifest(m)
     tmp = folder / (MANIFEST_FILE + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -2,9 +2,12 @@
 
 Peak memory is about one tensor (raw copies use a 16 MiB buffer; casts and gathers materialize
 one tensor at a time). Output goes to a temp folder beside the target, renamed into place only
-when complete; the source is never modified. The executor knows nothing about manifests: a
-``finalize(folder, provenance_chain)`` hook runs inside the temp folder before the rename (the
-command layer's output path stamps the sorted manifest there, see :mod:`surgeon.commands.output`).
+when complete; the source is never modified. Outputs are read once, by nobody: each file is
+hashed (sha256) as it is written. The executor knows nothing about manifests: a :class:`Finalize`
+hook is asked, before any shard is written, for the metadata the output's header (or index) carries
+(from the *planned* output: its config and tensor inventory), and is handed the files as written
+(names, sizes, hashes) inside the temp folder before the rename (the command layer's output path
+stamps the sorted manifest this way, see :mod:`surgeon.commands.output`).
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ..io.atomic import atomic_output
 from ..io.checkpoint import Checkpoint
-from ..io.writer import OutTensor, copy_range, write_index, write_shards, write_tensor
+from ..io.safetensors_header import TensorInfo
+from ..io.writer import OutTensor, WrittenFile, copy_range, planned_layout, write_index, write_shards, write_tensor
 from ..progress import Progress
 from ..provenance import operation, write_chain
 from ..units import torch_dtype
@@ -28,7 +33,30 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3
 # Blank space kept in a single-file header so the sorted manifest can be stamped in afterwards.
 HEADER_RESERVE = 66 * 1024
 
-Finalize = Callable[[Path, list], None]  # finalize(temp output folder, provenance chain)
+
+
+class Finalize(Protocol):
+    """What the output path does around the shards (see module doc)."""
+
+    def header(self, planned: Checkpoint, chain: list) -> dict[str, str]:
+        """Metadata for the single file's ``__metadata__`` (or the index's ``metadata``), decided
+        from ``planned`` (config, tensors and files of the output, nothing on disk yet)."""
+
+    def finish(self, folder: Path, written: list[WrittenFile]) -> None:
+        """Runs last inside the temp folder, with every weight file's size and sha256."""
+
+
+def planned_checkpoint(folder: Path, config: dict, layout) -> Checkpoint:
+    """The output as a :class:`Checkpoint` before it exists (offsets are relative to each header)."""
+    tensors = {}
+    for fname, shard, header_bytes in layout:
+        off = header_bytes
+        for t in shard:
+            tensors[t.name] = TensorInfo(t.name, t.dtype, tuple(t.shape), fname, off, off + t.nbytes)
+            off += t.nbytes
+    files = [f for f, _, _ in layout]
+    return Checkpoint(path=folder, config=config, tensors=tensors, files=files,
+                      file_metadata={f: {"format": "pt"} for f in files}, index_metadata={} if len(files) > 1 else None)
 
 
 @dataclass
@@ -71,8 +99,9 @@ def execute(
 
     ``transforms`` maps output tensor names to functions applied to the (gathered) source tensor
     before the cast, e.g. a merged LoRA update. ``extra_provenance`` is merged into the provenance
-    entry for this operation (chosen block, distances, losses, ...). ``finalize(folder, chain)``
-    runs last inside the temp folder, with the provenance chain written there.
+    entry for this operation (chosen block, distances, losses, ...). ``finalize`` (a
+    :class:`Finalize`) adds header metadata before the shards are written and finishes the folder
+    after (see module doc).
     """
     t0 = time.time()
     src = Path(plan.source)
@@ -96,9 +125,6 @@ def execute(
             progress(done, total, t.name)
 
     with atomic_output(out, src, force) as tmp:
-        files, weight_map = write_shards(tmp, outs, write_data, max_shard_bytes, {"format": "pt"}, HEADER_RESERVE)
-        if len(files) > 1:
-            write_index(tmp, weight_map, total)
         (tmp / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for name in ckpt.side_files():
             shutil.copy2(ckpt.path / name, tmp / name)
@@ -110,8 +136,16 @@ def execute(
             num_source_layers=plan.num_source_layers, **(extra_provenance or {}),
         )
         chain = write_chain(tmp, src, entry)
+        meta = {}
         if finalize is not None:
-            finalize(tmp, chain)
+            layout = planned_layout(outs, max_shard_bytes, {"format": "pt"}, HEADER_RESERVE)
+            meta = finalize.header(planned_checkpoint(tmp, plan.config, layout), chain) or {}
+        files, weight_map, written = write_shards(tmp, outs, write_data, max_shard_bytes, {"format": "pt"},
+                                                  HEADER_RESERVE, single_file_metadata=meta)
+        if len(files) > 1:
+            write_index(tmp, weight_map, total, meta)
+        if finalize is not None:
+            finalize.finish(tmp, written)
     return ExecuteResult(
         output=str(out), files=files, num_tensors=len(outs), num_parameters=plan.num_parameters,
         bytes_written=total, seconds=time.time() - t0, provenance=chain,

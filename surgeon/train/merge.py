@@ -29,9 +29,8 @@ def is_peft(model) -> bool:
     return hasattr(unwrap(model), "peft_config")
 
 
-def lora_deltas(model, adapter: str = "default") -> dict[str, object]:
-    """``{checkpoint tensor name: float32 delta}`` of every LoRA-wrapped linear module of ``model``."""
-    import torch
+def lora_modules(model, adapter: str = "default") -> dict[str, object]:
+    """``{checkpoint tensor name: LoRA layer}`` of every LoRA-wrapped linear module of ``model``."""
     from peft.tuners.lora import LoraLayer
 
     out = {}
@@ -40,15 +39,26 @@ def lora_deltas(model, adapter: str = "default") -> dict[str, object]:
             continue
         if getattr(mod, "use_dora", {}).get(adapter, False):
             raise UsageError("DoRA adapters cannot be merged by surgeon", "train plain LoRA")
-        with torch.no_grad():
-            a = mod.lora_A[adapter].weight.detach().float().cpu()
-            b = mod.lora_B[adapter].weight.detach().float().cpu()
-            delta = (b @ a) * float(mod.scaling[adapter])
-        if getattr(mod, "fan_in_fan_out", False):
-            delta = delta.T
         key = (name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name) + ".weight"
-        out[key] = delta
+        out[key] = mod
     return out
+
+
+def lora_delta(mod, adapter: str = "default"):
+    """The float32 update ``(B @ A) * scaling`` of one LoRA layer (CPU), in the base weight's layout."""
+    import torch
+
+    with torch.no_grad():
+        a = mod.lora_A[adapter].weight.detach().float().cpu()
+        b = mod.lora_B[adapter].weight.detach().float().cpu()
+        delta = (b @ a) * float(mod.scaling[adapter])
+    return delta.T if getattr(mod, "fan_in_fan_out", False) else delta
+
+
+def lora_deltas(model, adapter: str = "default") -> dict[str, object]:
+    """``{checkpoint tensor name: float32 delta}`` of every LoRA-wrapped linear module of ``model``
+    (all at once: :func:`merge_transforms` computes each only when its tensor is read)."""
+    return {k: lora_delta(m, adapter) for k, m in lora_modules(model, adapter).items()}
 
 
 def trained_weights(model) -> dict[str, object]:
@@ -56,8 +66,8 @@ def trained_weights(model) -> dict[str, object]:
     return {n: p.detach().cpu() for n, p in unwrap(model).named_parameters()}
 
 
-def _add(delta):
-    return lambda t: t.float() + delta
+def _add(mod):
+    return lambda t: t.float() + lora_delta(mod)
 
 
 def _replace(weight):
@@ -67,11 +77,10 @@ def _replace(weight):
 def merge_transforms(model, ckpt: Checkpoint) -> dict[str, Callable]:
     """The ``execute`` transforms that turn the source tensors into the trained ones."""
     if is_peft(model):
-        deltas = lora_deltas(model)
-        if not deltas:
+        mods = lora_modules(model)
+        if not mods:
             raise UsageError("the model has no LoRA adapters to merge", "train it with --method lora first")
-
-        updates = {k: _add(d) for k, d in deltas.items()}
+        updates = {k: _add(m) for k, m in mods.items()}  # each delta computed when its tensor is read
     else:
         weights = trained_weights(model)
         updates = {k: _replace(w) for k, w in weights.items() if k in ckpt.tensors}
@@ -94,9 +103,9 @@ def apply_in_memory(float_model, trained) -> None:
     params = dict(float_model.named_parameters())
     with torch.no_grad():
         if is_peft(trained):
-            for k, d in lora_deltas(trained).items():
+            for k, mod in lora_modules(trained).items():
                 p = params[k]
-                p.copy_((p.float() + d.to(p.device)).to(p.dtype))
+                p.copy_((p.float() + lora_delta(mod).to(p.device)).to(p.dtype))
         else:
             for k, w in trained_weights(trained).items():
                 if k in params:

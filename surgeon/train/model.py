@@ -83,7 +83,8 @@ def load_trainable(path: str | Path, setup: ModelSetup, family: Family | None = 
     """Load the checkpoint at ``path`` ready to train as ``setup`` says.
 
     - ``method="lora", quant="nf4"``: the frozen base is quantized to 4-bit NF4 by bitsandbytes
-      while loading (double quantization off, compute in fp32 on CPU / bf16 on GPU), prepared with
+      while loading, one tensor at a time (:func:`surgeon.train.quant.load_nf4`: double quantization
+      off, compute in fp32 on CPU / bf16 on GPU), prepared with
       ``peft.prepare_model_for_kbit_training``, then LoRA adapters (rank ``setup.rank``,
       alpha ``setup.lora_alpha``, dropout ``setup.dropout``) wrap the target modules.
     - ``method="lora", quant="none"``: the same LoRA on the float base weights.
@@ -93,24 +94,21 @@ def load_trainable(path: str | Path, setup: ModelSetup, family: Family | None = 
     Raises UsageError for an unknown target module, CheckpointError if transformers cannot load it.
     """
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     family = family or checkpoint_family(path)
     device = torch.device(device) if device is not None else default_device()
     dtype = torch.float32 if setup.method == "full" else compute_dtype(device)
-    kwargs: dict = {"dtype": dtype, "use_safetensors": True}
-    if setup.quant == "nf4":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_use_double_quant=False,
-        )
-        kwargs["device_map"] = {"": device}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"transformers cannot load {path}: {str(e).splitlines()[0]}",
-                              "check that MODEL is a complete Hugging Face checkpoint folder") from None
-    if setup.quant != "nf4":
+    if setup.quant == "nf4":  # tensor by tensor: never the float model in memory (see surgeon.train.quant)
+        from .quant import load_nf4
+
+        model = load_nf4(path, device, dtype)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"transformers cannot load {path}: {str(e).splitlines()[0]}",
+                                  "check that MODEL is a complete Hugging Face checkpoint folder") from None
         model.to(device)
     model.config.use_cache = False
     gc_kwargs = {"use_reentrant": False}

@@ -51,8 +51,14 @@ def width_importance(
     batch_size: int = 4,
     progress: Progress | None = None,
 ) -> WidthImportance:
-    """Score every layer's FFN channels and KV groups of ``model`` on ``sequences`` (see module doc)."""
+    """Score every layer's FFN channels and KV groups of ``model`` on ``sequences`` (see module doc).
+    ``model`` is a loaded model or a :class:`~surgeon.offload.StreamedModel` (one layer at a time)."""
     import torch
+
+    from ..offload import Stream, StreamedModel
+
+    stream = model if isinstance(model, StreamedModel) else None
+    model = stream.model if stream else model
 
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     nh = cfg.num_attention_heads
@@ -86,13 +92,23 @@ def width_importance(
     for i, layer in enumerate(layers):
         handles.append(layer.get_submodule(family.ffn["down"]).register_forward_pre_hook(ffn_hook(i)))
         handles.append(layer.get_submodule(family.attention["o"]).register_forward_pre_hook(attn_hook(i)))
-    device = input_device(model)
+    device = stream.device if stream else input_device(model)
     tokens = 0
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             seqs = [list(s) for s in sequences if len(s)]
+            if stream:  # layer-major: the hooks fire as each streamed layer runs each batch
+                batches = [collate([{"input_ids": s} for s in seqs[b:b + batch_size]])
+                           for b in range(0, len(seqs), batch_size)]
+                masks = [b["attention_mask"].to(device=device, dtype=torch.float64) for b in batches]
+                prepared = stream.prepare([{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+                                           for b in batches])
+                stream.run(prepared, [Stream()], lambda *_: None, on_batch=lambda b: state.update(mask=masks[b]),
+                           progress=progress)
+                tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+                seqs = []
             for b in range(0, len(seqs), batch_size):
                 batch = collate([{"input_ids": s} for s in seqs[b:b + batch_size]])
                 ids, mask = batch["input_ids"], batch["attention_mask"]

@@ -1,0 +1,130 @@
+"""Peak memory of the model-running commands on a ~1.3B-parameter random-weight Llama in bf16 (~2.7 GB).
+
+    python benchmarks/scale_memory.py [--keep-files] [--model DIR]
+
+Builds a Llama-shaped checkpoint of realistic shape (hidden 2048, FFN 5504, 24 layers, 16 heads,
+vocabulary 32000; 1.34B parameters, random bf16 weights, two shards), then runs each command in a
+fresh process and reports its peak RSS above the *import floor* (a process that imports surgeon,
+torch, transformers, peft and bitsandbytes and does nothing), as a fraction of the checkpoint's bytes:
+
+- ``heal --quant nf4`` (2 steps of batch 1 x 32 tokens, 4 held-out sequences: the before/after
+  evaluations are layer-streamed, so no float copy of the model exists);
+- ``eval --offload layer`` and ``analyze --offload layer`` (one decoder layer resident);
+- ``manifest`` quality (``--offload layer``) and ``sort-width --offload layer``.
+
+Writes benchmarks/results/scale_memory.json. Targets (issue 16): heal <= 0.75, eval / analyze <= 0.45.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import measure, write_result  # noqa: E402
+
+FLOOR = "import surgeon.cli, torch, transformers, peft, bitsandbytes, accelerate"
+
+
+def build_llama(path: Path, layers: int = 24, hidden: int = 2048, ffn: int = 5504, heads: int = 16,
+                vocab: int = 32000, shard_bytes: int = 1_400_000_000, seed: int = 0) -> Path:
+    """Write a random bf16 Llama of the given shape tensor by tensor (never the whole model in memory)."""
+    import torch
+    from accelerate import init_empty_weights
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from surgeon.testing import make_tiny_tokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=2048,
+                      tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2, dtype="bfloat16")
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    shards, current, size = [], {}, 0
+    for name, p in skeleton.named_parameters():
+        t = (torch.ones(p.shape) if name.endswith("norm.weight")
+             else torch.randn(p.shape, generator=gen) * 0.02).to(torch.bfloat16)
+        if current and size + t.numel() * 2 > shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = t
+        size += t.numel() * 2
+    shards.append(current)
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path / fname), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, fname))
+        total += sum(t.numel() * 2 for t in shard.values())
+    (path / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    cfg.save_pretrained(path)
+    make_tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, help="Use this checkpoint instead of building one.")
+    ap.add_argument("--keep-files", action="store_true")
+    ap.add_argument("--only", help="Comma-separated cases to (re)run; the others keep their figures from the last JSON.")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="surgeon-scale-"))
+    try:
+        src = args.model or build_llama(work / "llama-1.3b")
+        size = sum(p.stat().st_size for p in src.glob("*.safetensors"))
+        surgeon = [str(Path(sys.executable).parent / "surgeon")]
+        data = ["--data", "builtin:sotu"]
+        cases = {
+            "heal_nf4": [*surgeon, "heal", src, *data, "--steps", "2", "--batch-size", "1", "--seq-len", "32",
+                         "--eval-samples", "4", "--warmup", "0", "-o", work / "healed"],
+            "eval_offload": [*surgeon, "eval", src, "--exit", "12,24", *data, "--samples", "8", "--seq-len", "128",
+                             "--offload", "layer"],
+            "analyze_offload": [*surgeon, "analyze", src, *data, "--samples", "8", "--seq-len", "128",
+                                "--offload", "layer", "-o", work / "analysis"],
+            "manifest_quality_offload": [*surgeon, "manifest", src, "--exits", "12,18", "--eval-data", "builtin:sotu",
+                                         "--samples", "8", "--seq-len", "128", "--offload", "layer",
+                                         "-o", work / "manifested"],
+            "sort_width_offload": [*surgeon, "sort-width", src, *data, "--samples", "8", "--seq-len", "128",
+                                   "--offload", "layer", "-o", work / "sorted"],
+        }
+        floor = measure([sys.executable, "-c", FLOOR])
+        results = {}
+        if args.only:
+            previous = json.loads((Path(__file__).parent / "results" / "scale_memory.json").read_text())["results"]
+            results = {k: v for k, v in previous.items() if k not in args.only.split(",")}
+            cases = {k: v for k, v in cases.items() if k in args.only.split(",")}
+        for name, cmd in cases.items():
+            r = measure([str(c) for c in cmd])
+            above = r["peak_rss_bytes"] - floor["peak_rss_bytes"]
+            results[name] = {"peak_rss_bytes": r["peak_rss_bytes"], "above_floor_bytes": above,
+                             "fraction_of_checkpoint": round(above / size, 4), "wall_s": round(r["wall_s"], 1)}
+            print(f"{name:28s} {above / 2**30:6.2f} GiB above floor = {above / size:.3f} x checkpoint "
+                  f"({r['wall_s']:.0f} s)", flush=True)
+            for out in ("healed", "analysis", "manifested", "sorted"):
+                shutil.rmtree(work / out, ignore_errors=True)
+        targets = {"heal_nf4": 0.75, "eval_offload": 0.45, "analyze_offload": 0.45}
+        write_result("scale_memory", {
+            "checkpoint": {"parameters": "1.34B", "dtype": "bf16", "bytes": size, "shards": len(list(src.glob("*.safetensors"))),
+                           "shape": "Llama: hidden 2048, FFN 5504, 24 layers, 16 heads, vocab 32000"},
+            "floor_rss_bytes": floor["peak_rss_bytes"], "results": dict(sorted(results.items())),
+            "targets_fraction_of_checkpoint": targets,
+            "met": {k: results[k]["fraction_of_checkpoint"] <= v for k, v in targets.items()},
+        })
+    finally:
+        if not args.keep_files:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept {work}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""``--offload layer``: run a checkpoint with one decoder layer in memory at a time.
+
+:class:`StreamedModel` builds the model's skeleton with empty (meta) parameters and reads weights
+from the lazy checkpoint reader only when they are needed: the embedding (and the final norm) for
+a first pass, then one decoder layer at a time, then the final norm and LM head. The first pass
+runs the base model with every decoder layer replaced by a recorder that passes the hidden states
+through unchanged and keeps the arguments the model hands each layer (attention masks, rotary
+embeddings, position ids), so the model's own mask and position logic (sliding windows, per-layer
+attention types) is reused as is. :meth:`StreamedModel.run` then goes layer-major: read layer l,
+run it over every batch of every *stream* (a stream is one hidden state per batch: the full stack,
+a layer subset, or a narrower width under :func:`~surgeon.width.masking.width_mask`), hand each
+output to a callback, drop the weights. Forward hooks registered on the skeleton's modules fire as
+usual, so activation statistics (width importance) work unchanged.
+
+Peak memory: the activations of all batches (x streams) + the largest of (embedding, one layer,
+norm + head). ``transforms`` (checkpoint tensor name -> function of the source tensor) let the
+stream run *modified* weights without materializing them: healing's "after" evaluation adds each
+layer's LoRA delta to the original float weights as the layer is read, cast to the dtype the
+output is written in, so it measures exactly the written weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def _set_param(root, name: str, tensor) -> None:
+    import torch
+
+    mod_name, _, pname = name.rpartition(".")
+    mod = root.get_submodule(mod_name) if mod_name else root
+    mod._parameters[pname] = torch.nn.Parameter(tensor, requires_grad=False)
+
+
+@dataclass
+class Stream:
+    """One hidden state per batch through the stack: ``layers`` (None: all) under ``widths`` (None: full)."""
+
+    layers: frozenset[int] | None = None
+    widths: dict | None = None
+
+
+class StreamedModel:
+    """A causal LM whose weights are read from ``path`` only while they are used (see module doc)."""
+
+    def __init__(self, path: str | Path, *, device="cpu", dtype=None, transforms: dict[str, Callable] | None = None,
+                 out_dtype=None):
+        import torch
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from .arch.registry import resolve_family
+        from .io.checkpoint import Checkpoint
+
+        self.ckpt = Checkpoint.open(path)
+        self.device = torch.device(device)
+        if dtype == "auto":  # the stored dtype (the one most parameters have), as transformers' dtype="auto"
+            from .units import FLOAT_CODES, torch_dtype
+
+            counts = {k: v for k, v in self.ckpt.dtypes.items() if k in FLOAT_CODES}
+            dtype = torch_dtype(max(counts, key=counts.get)) if counts else torch.float32
+        self.dtype = dtype or torch.float32
+        self.transforms = transforms or {}
+        self.out_dtype = out_dtype  # the dtype transformed tensors are written in (None: the source's)
+        config = AutoConfig.from_pretrained(str(path))
+        with init_empty_weights(include_buffers=False):  # buffers (rotary inv_freq) stay real
+            self.model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
+        self.model.eval()
+        for name, buf in list(self.model.named_buffers()):  # rotary tables etc. live on the device
+            mod_name, _, bname = name.rpartition(".")
+            (self.model.get_submodule(mod_name) if mod_name else self.model)._buffers[bname] = buf.to(self.device)
+        self.family = resolve_family(self.ckpt.text_config, self.ckpt.tensors)
+        self.layers = self.model.get_submodule(self.family.layers)
+        self.num_layers = len(self.layers)
+        self.config = self.model.config
+        tied = self.family.lm_head + ".weight" not in self.ckpt.tensors
+        self._names = {n: (self.family.embed + ".weight" if tied and n == self.family.lm_head + ".weight" else n)
+                       for n, _ in self.model.named_parameters(remove_duplicate=False)}
+
+    # -- weights ----------------------------------------------------------------------------------
+    def read(self, model_name: str):
+        """The tensor of parameter ``model_name`` as the stream runs it (transformed, on the device)."""
+        ckpt_name = self._names[model_name]
+        if ckpt_name not in self.ckpt.tensors:
+            raise CheckpointError(f"{self.ckpt.path} has no tensor {ckpt_name}",
+                                  "the checkpoint does not match its config; re-export it, or run without --offload")
+        t = self.ckpt.get_tensor(ckpt_name)
+        want = tuple(self.model.get_parameter(model_name).shape)
+        if tuple(t.shape) != want:
+            raise CheckpointError(f"tensor {ckpt_name} has shape {tuple(t.shape)}, the config implies {want}",
+                                  "the checkpoint does not match its config.json")
+        fn, stored = self.transforms.get(ckpt_name), t.dtype
+        if fn is not None:
+            t = fn(t)
+        if t.is_floating_point():  # what the output holds: its dtype, else the source's
+            t = t.to(self.out_dtype or stored)
+        return t.to(device=self.device, dtype=self.dtype)
+
+    @contextmanager
+    def loaded(self, prefix: str):
+        """Inside the block, every parameter under module ``prefix`` holds its weights."""
+        import torch
+
+        names = [n for n in self._names if n.startswith(prefix + ".")]
+        try:
+            for n in names:
+                _set_param(self.model, n, self.read(n))
+            yield
+        finally:
+            for n in names:
+                p = self.model.get_parameter(n)
+                _set_param(self.model, n, torch.empty(p.shape, dtype=p.dtype, device="meta"))
+
+    # -- passes -----------------------------------------------------------------------------------
+    def prepare(self, batches: Sequence[dict]) -> list[tuple[object, list]]:
+        """Per batch (``{"input_ids", "attention_mask"[, "position_ids"]}``): the first layer's input and
+        every layer's ``(args, kwargs)``, from one pass with pass-through layers (embedding loaded)."""
+        import torch
+
+        base = self.model.base_model
+        L = self.num_layers
+        record: dict = {}
+
+        def recorder(l: int):
+            def forward(*args, **kwargs):
+                hs = args[0] if args else kwargs.pop("hidden_states")
+                record["calls"][l] = (args[1:], kwargs)
+                if l == 0:
+                    record["hidden"] = hs
+                return hs
+            return forward
+
+        out = []
+        for l, layer in enumerate(self.layers):
+            layer.forward = recorder(l)
+        outside = sorted({n.rsplit(".", 1)[0] for n in self._names
+                          if not n.startswith(self.family.layers + ".") and not n.startswith(self.family.lm_head + ".")})
+        try:
+            with ExitStack() as stack, torch.inference_mode():
+                for prefix in outside:  # the embedding (and the final norm, which the base model runs)
+                    stack.enter_context(self.loaded(prefix))
+                for batch in batches:
+                    record.clear()
+                    record["calls"] = [None] * L
+                    base(**{k: v.to(self.device) for k, v in batch.items()}, use_cache=False)
+                    if any(c is None for c in record["calls"]):
+                        raise RuntimeError("not every decoder layer was called by the model's forward")
+                    out.append((record["hidden"], record["calls"]))
+        finally:
+            for layer in self.layers:
+                del layer.forward  # back to the class's forward
+        return out
+
+    def run(self, prepared: list[tuple[object, list]], streams: Sequence[Stream],
+            on_output: Callable[[int, int, int, object, object], None], depth: int | None = None,
+            on_batch: Callable[[int], None] | None = None, progress=None) -> None:
+        """Layer-major pass over the first ``depth`` layers (default: all): for each layer a stream keeps,
+        ``on_output(stream, layer, batch, x_in, x_out)``; ``on_batch(b)`` runs before each batch's call."""
+        import torch
+
+        from .width.masking import width_mask
+
+        depth = self.num_layers if depth is None else depth
+        hidden = [[h for h, _ in prepared] for _ in streams]
+        with torch.inference_mode():
+            for l in range(depth):
+                users = [s for s, st in enumerate(streams) if st.layers is None or l in st.layers]
+                if not users:
+                    continue
+                with self.loaded(f"{self.family.layers}.{l}"):
+                    layer = self.layers[l]
+                    for s in users:
+                        widths = streams[s].widths or {}
+                        with width_mask(self.model, ffn=widths.get("ffn"), kv_heads=widths.get("kv_heads"),
+                                        family=self.family) if widths else _nothing():
+                            for b, (_, calls) in enumerate(prepared):
+                                if on_batch:
+                                    on_batch(b)
+                                args, kwargs = calls[l]
+                                x_in = hidden[s][b]
+                                out = layer(x_in, *args, **kwargs)
+                                x_out = out[0] if isinstance(out, (tuple, list)) else out
+                                on_output(s, l, b, x_in, x_out)
+                                hidden[s][b] = x_out
+                if progress:
+                    progress(l + 1, depth, "layers")
+
+    @contextmanager
+    def head(self):
+        """The final norm and LM head loaded; yields the :class:`~surgeon.eval.capture.ExitModules`."""
+        from .eval.capture import exit_modules
+
+        mods = exit_modules(self.model)
+        norm = self.family.final_norm
+        with self.loaded(norm), self.loaded(self.family.lm_head):
+            yield mods
+
+
+@contextmanager
+def _nothing():
+    yield

@@ -1,0 +1,80 @@
+"""Loading a checkpoint as a frozen 4-bit NF4 model, one tensor in memory at a time.
+
+transformers' bitsandbytes path (``from_pretrained(quantization_config=...)``) memory-maps the
+safetensors files and casts before quantizing: on a 1.3B bf16 checkpoint it peaks at 2.2x the
+checkpoint's bytes above the import floor on CPU, more than the whole float model. :func:`load_nf4`
+builds the model's skeleton with empty (meta) parameters, swaps every ``nn.Linear`` except the LM head
+for ``bitsandbytes.nn.Linear4bit`` (the modules transformers would create: NF4, block size 64,
+double quantization off, ``compute_dtype``), then reads each tensor with the checkpoint reader
+(``readinto``: no mapping that stays resident) and quantizes it on ``device`` before the next is
+read. Embedding, norms and the LM head stay in ``compute_dtype``. The result is the module tree
+peft's ``prepare_model_for_kbit_training`` and LoRA dispatch expect (``is_loaded_in_4bit``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def load_nf4(path: str | Path, device, compute_dtype, progress=None):
+    """The checkpoint at ``path`` with every linear layer but the LM head quantized to NF4 on ``device``."""
+    import bitsandbytes as bnb
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..arch.registry import resolve_family
+    from ..io.checkpoint import Checkpoint
+    from ..memory import trim
+
+    device = torch.device(device)
+    ckpt = Checkpoint.open(path)
+    family = resolve_family(ckpt.text_config, ckpt.tensors)
+    config = AutoConfig.from_pretrained(str(path))
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=compute_dtype)
+    for name, mod in list(model.named_modules()):
+        if type(mod) is torch.nn.Linear and name != family.lm_head:
+            with torch.device("meta"):
+                q = bnb.nn.Linear4bit(mod.in_features, mod.out_features, mod.bias is not None, compute_dtype,
+                                      compress_statistics=False, quant_type="nf4", quant_storage=torch.uint8)
+            q.requires_grad_(False)
+            model.set_submodule(name, q)
+    head_name = family.lm_head + ".weight"
+    tied = head_name not in ckpt.tensors
+    params = [(n, p) for n, p in model.named_parameters(remove_duplicate=False) if not (tied and n == head_name)]
+    for i, (name, old) in enumerate(params):
+        if name not in ckpt.tensors:
+            raise CheckpointError(f"{ckpt.path} has no tensor {name}", "the checkpoint does not match its config.json")
+        t = ckpt.get_tensor(name)
+        if tuple(t.shape) != tuple(old.shape):
+            raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)}, the config implies {tuple(old.shape)}",
+                                  "the checkpoint does not match its config.json")
+        mod_name, _, pname = name.rpartition(".")
+        mod = model.get_submodule(mod_name)
+        if isinstance(mod, bnb.nn.Linear4bit) and pname == "weight":
+            # module=None: a Params4bit that points back at its module kept every float source alive (bnb 0.50)
+            new = bnb.nn.Params4bit(t.to(compute_dtype), requires_grad=False,
+                                    **{**old.__dict__, "module": None}).to(device)
+            mod.quant_state = new.quant_state
+        else:
+            new = torch.nn.Parameter(t.to(device=device, dtype=compute_dtype), requires_grad=False)
+        mod._parameters[pname] = new
+        del t
+        if pname == "weight" and i % 8 == 7:
+            trim()  # the float sources just freed (see surgeon.memory)
+        if progress:
+            progress(i + 1, len(params), "quantizing")
+    if tied:  # the LM head reads the embedding matrix
+        model.get_submodule(family.lm_head).weight = model.get_submodule(family.embed).weight
+    for name, buf in list(model.named_buffers()):  # rotary tables etc.
+        mod_name, _, bname = name.rpartition(".")
+        (model.get_submodule(mod_name) if mod_name else model)._buffers[bname] = buf.to(device)
+    model.is_loaded_in_4bit = True
+    model.eval()
+    return model
