@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,7 +180,7 @@ class StreamedModel:
                     for s in users:
                         widths = streams[s].widths or {}
                         with width_mask(self.model, ffn=widths.get("ffn"), kv_heads=widths.get("kv_heads"),
-                                        family=self.family) if widths else _nothing():
+                                        family=self.family) if widths else nullcontext():
                             for b, (_, calls) in enumerate(prepared):
                                 if on_batch:
                                     on_batch(b)
@@ -203,7 +203,3 @@ class StreamedModel:
         with self.loaded(norm), self.loaded(self.family.lm_head):
             yield mods
 
-
-@contextmanager
-def _nothing():
-    yield

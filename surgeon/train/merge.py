@@ -3,8 +3,9 @@
 The LoRA update ``delta = (B @ A) * scaling`` (float32) is added to the **original float
 weights read from the source checkpoint**, never to the dequantized 4-bit weights the adapter
 was trained against: :func:`merge_transforms` gives the per-tensor ``transforms`` the streaming
-executor applies (one tensor in memory at a time; :func:`surgeon.commands.output.save_merged`
-writes the checkpoint), :func:`apply_in_memory` the same weights in a loaded model. A fully
+executor applies (one tensor in memory at a time, each LoRA delta computed when its tensor is
+read; :func:`surgeon.commands.output.save_merged` writes the checkpoint, and
+:class:`surgeon.offload.StreamedModel` runs the same transforms to measure the output). A fully
 fine-tuned model's trained weights replace the source's through the same path. Fused projections
 (Phi-3 ``gate_up_proj``, ``qkv_proj``) carry one adapter over the whole fused matrix, so their
 delta has the fused tensor's shape and adds in place.
@@ -55,12 +56,6 @@ def lora_delta(mod, adapter: str = "default"):
     return delta.T if getattr(mod, "fan_in_fan_out", False) else delta
 
 
-def lora_deltas(model, adapter: str = "default") -> dict[str, object]:
-    """``{checkpoint tensor name: float32 delta}`` of every LoRA-wrapped linear module of ``model``
-    (all at once: :func:`merge_transforms` computes each only when its tensor is read)."""
-    return {k: lora_delta(m, adapter) for k, m in lora_modules(model, adapter).items()}
-
-
 def trained_weights(model) -> dict[str, object]:
     """``{name: tensor}`` of every parameter of a fully fine-tuned model (CPU, detached)."""
     return {n: p.detach().cpu() for n, p in unwrap(model).named_parameters()}
@@ -93,23 +88,6 @@ def merge_transforms(model, ckpt: Checkpoint) -> dict[str, Callable]:
         raise UsageError(f"trained tensor {missing[0]} is not in {ckpt.path}",
                          "merge against the checkpoint the model was loaded from")
     return updates
-
-
-def apply_in_memory(float_model, trained) -> None:
-    """Add ``trained``'s LoRA deltas (or copy its full weights) into ``float_model``'s parameters:
-    the weights the merged output holds, for evaluating it before writing it."""
-    import torch
-
-    params = dict(float_model.named_parameters())
-    with torch.no_grad():
-        if is_peft(trained):
-            for k, mod in lora_modules(trained).items():
-                p = params[k]
-                p.copy_((p.float() + lora_delta(mod).to(p.device)).to(p.dtype))
-        else:
-            for k, w in trained_weights(trained).items():
-                if k in params:
-                    params[k].copy_(w.to(params[k].device, params[k].dtype))
 
 
 def save_adapter(model, folder: str | Path, force: bool = True) -> Path:
