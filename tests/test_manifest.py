@@ -360,3 +360,28 @@ def test_cli_declares_width_exits(tiny_models, tmp_path):
         a = surgeon.load(out, exit=name)(ids).logits
         b = surgeon.load(tmp_path / "x")(ids).logits
     assert torch.equal(a, b)
+
+
+def test_overrides_load_each_prefix_exit_in_stock_transformers(sorted_llama):
+    """`manifest show --overrides`: from_pretrained(full checkpoint, **overrides) is that exit, for any runtime."""
+    from transformers import AutoModelForCausalLM
+
+    import surgeon
+    from surgeon.testing import logits
+
+    r = run_cli("manifest", "show", sorted_llama, "--overrides")
+    assert r.exit_code == 0, r.output
+    overrides = json.loads(r.stdout)
+    assert set(overrides) == {"depth-2", "depth-4", "full"}  # the narrow exit needs sliced tensors: extract it
+    assert overrides.pop("full") == {}
+    ids = [[5, 9, 2, 44, 17, 3, 80]]
+    for name, ov in overrides.items():
+        assert ov["num_hidden_layers"] == int(name.split("-")[1])
+        stock = AutoModelForCausalLM.from_pretrained(sorted_llama, **ov).eval()
+        assert torch.equal(logits(stock, ids), logits(surgeon.load(sorted_llama, name), ids))
+    r = run_cli("manifest", "show", sorted_llama, "--exit", "narrow", "--overrides")
+    assert r.exit_code == 2 and "surgeon extract" in r.output and "Traceback" not in r.output
+    r = run_cli("manifest", "show", sorted_llama, "--exit", "nope")
+    assert r.exit_code == 2 and "no exit named 'nope'" in r.output
+    shown = json.loads(run_cli("manifest", "show", sorted_llama).stdout)
+    assert set(shown["exits"]) == {"depth-2", "depth-4", "narrow", "full"}

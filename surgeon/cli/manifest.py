@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..commands.manifest import ManifestOptions, ValidateOptions
+from ..commands.manifest import ManifestOptions, ShowOptions, ValidateOptions
 from ..options import build, click_options
 from ._render import console, human_bytes, human_count, print_json, progress_bar, ranges
 
@@ -32,6 +32,7 @@ def manifest_cmd() -> None:
     surgeon manifest MODEL --exits 2,4 --eval-data builtin:sotu --in-place
     surgeon manifest MODEL -o OUT            (a copy of MODEL with the manifest)
     surgeon manifest validate MODEL --verify
+    surgeon manifest show MODEL --exit depth-12 --overrides
     """
 
 
@@ -78,6 +79,16 @@ def render_exits(manifest: dict, c) -> None:
         row.append("hash" if e.get("verification") else "")
         t.add_row(*row)
     c.print(t)
+
+
+@manifest_cmd.command("show")
+@click.argument("path", type=click.Path(path_type=Path))
+@click_options(ShowOptions)
+def show_cmd(path: Path, **kwargs) -> None:
+    """Print PATH's exits as JSON; with --overrides, each prefix exit's config overrides for stock loaders."""
+    from ..commands import manifest
+
+    print_json(manifest.show(build(ShowOptions, path=path, **kwargs)))
 
 
 @manifest_cmd.command("validate")

@@ -136,3 +136,41 @@ class ValidateOptions:
 def validate(opts: ValidateOptions) -> ValidationReport:
     """``surgeon manifest validate``: raise ManifestError on the first problem; warnings in the report."""
     return check_checkpoint(opts.path, verify=opts.verify)
+
+
+@dataclass(frozen=True)
+class ShowOptions:
+    path: Path = opt(help="Checkpoint folder with a sorted manifest.", cli=False)
+    exit: str | None = opt(None, "Only this exit (a manifest exit name).", metavar="NAME")
+    overrides: bool = opt(False, "Print, per prefix exit, the config keys that differ from the checkpoint's "
+                                 "config.json: what to pass to from_pretrained(path, **overrides) or a runtime's "
+                                 "config overrides (SGLang --json-model-override-args, vLLM hf_overrides).")
+
+
+def config_overrides(base: dict, exit_config: dict) -> dict:
+    """The top-level keys of ``exit_config`` whose values differ from ``base`` (whole values)."""
+    return {k: v for k, v in exit_config.items() if base.get(k) != v}
+
+
+def show(opts: ShowOptions) -> dict:
+    """The manifest's exits (name -> {layers, cost, quality}) or, with ``overrides``, per prefix exit the
+    config overrides that make a stock loader run that exit from the full checkpoint."""
+    report = check_checkpoint(opts.path)  # a manifest that does not validate is an error here too
+    m = read_sidecar(opts.path) or {}
+    exits = {e["name"]: e for e in m.get("exits", [])}
+    if opts.exit is not None and opts.exit not in exits:
+        raise UsageError(f"{opts.path} has no exit named {opts.exit!r}", f"choose from {', '.join(exits)}")
+    chosen = [exits[opts.exit]] if opts.exit else list(exits.values())
+    if not opts.overrides:
+        return {"path": str(opts.path), "format_version": report.format_version,
+                "exits": {e["name"]: {k: e[k] for k in ("layers", "widths", "cost", "quality") if k in e} for e in chosen}}
+    base = Checkpoint.open(opts.path).config
+    out = {}
+    for e in chosen:
+        if e.get("widths") or e["layers"] != list(range(len(e["layers"]))):
+            if opts.exit:
+                raise UsageError(f"exit {e['name']!r} is not a full-width prefix: config overrides cannot slice tensors "
+                                 "or skip middle layers", f"extract it: surgeon extract {opts.path} --exit {e['name']} -o DIR")
+            continue
+        out[e["name"]] = config_overrides(base, e["config"])
+    return out
