@@ -3,9 +3,11 @@
 The pruning paper's recipe (App. A.1 / B.3) on the shared skeleton (:mod:`surgeon.commands.recipe`):
 4-bit NF4 frozen base + LoRA rank 8 (alpha = rank, dropout 0.05) on the FFN projections, AdamW,
 warm-up capped at 10% then cosine, peak LR 3e-4, optionally a ``--distill`` loss against the unpruned
-teacher. Evaluations: the held-out loss of the float model (``before``), of the model as trained
+teacher. Evaluations: the held-out loss of the source (``before``), of the model as trained
 (``trained``, with the 4-bit base under NF4) and of the exact weights the output holds, the LoRA
-delta added to the original float weights (``after``); all three are recorded in the provenance.
+delta added to the original float weights (``after``); ``before`` and ``after`` are layer-streamed
+(:class:`surgeon.offload.StreamedModel`), so no float copy of the model is loaded. All three are
+recorded in the provenance.
 ``--save-adapter`` also writes the peft adapter to ``OUT/adapter``.
 
 Raises UsageError (bad options, out of memory), DataError (data that cannot fill a batch),
