@@ -40,6 +40,38 @@ def _set_param(root, name: str, tensor) -> None:
     mod._parameters[pname] = torch.nn.Parameter(tensor, requires_grad=False)
 
 
+def meta_model(path: str | Path, dtype, device):
+    """``(checkpoint, family, model)``: the checkpoint's causal LM with empty (meta) parameters in
+    ``dtype`` and its real buffers (rotary tables) on ``device``; weights are assigned by the caller."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .arch.registry import resolve_family
+    from .io.checkpoint import Checkpoint
+
+    ckpt = Checkpoint.open(path)
+    config = AutoConfig.from_pretrained(str(path))
+    with init_empty_weights(include_buffers=False):  # buffers (rotary inv_freq) stay real
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    for name, buf in list(model.named_buffers()):
+        mod_name, _, bname = name.rpartition(".")
+        (model.get_submodule(mod_name) if mod_name else model)._buffers[bname] = buf.to(torch.device(device))
+    return ckpt, resolve_family(ckpt.text_config, ckpt.tensors), model.eval()
+
+
+def checked_tensor(ckpt, name: str, shape) -> object:
+    """Tensor ``name`` of ``ckpt``, which must exist with the ``shape`` the config implies."""
+    if name not in ckpt.tensors:
+        raise CheckpointError(f"{ckpt.path} has no tensor {name}", "the checkpoint does not match its config.json; "
+                              "re-export it")
+    t = ckpt.get_tensor(name)
+    if tuple(t.shape) != tuple(shape):
+        raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)}, the config implies {tuple(shape)}",
+                              "the checkpoint does not match its config.json")
+    return t
+
+
 @dataclass
 class Stream:
     """One hidden state per batch through the stack: ``layers`` (None: all) under ``widths`` (None: full)."""
@@ -54,30 +86,19 @@ class StreamedModel:
     def __init__(self, path: str | Path, *, device="cpu", dtype=None, transforms: dict[str, Callable] | None = None,
                  out_dtype=None):
         import torch
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM
 
-        from .arch.registry import resolve_family
         from .io.checkpoint import Checkpoint
 
-        self.ckpt = Checkpoint.open(path)
         self.device = torch.device(device)
         if dtype == "auto":  # the stored dtype (the one most parameters have), as transformers' dtype="auto"
             from .units import FLOAT_CODES, torch_dtype
 
-            counts = {k: v for k, v in self.ckpt.dtypes.items() if k in FLOAT_CODES}
+            counts = {k: v for k, v in Checkpoint.open(path).dtypes.items() if k in FLOAT_CODES}
             dtype = torch_dtype(max(counts, key=counts.get)) if counts else torch.float32
         self.dtype = dtype or torch.float32
         self.transforms = transforms or {}
         self.out_dtype = out_dtype  # the dtype transformed tensors are written in (None: the source's)
-        config = AutoConfig.from_pretrained(str(path))
-        with init_empty_weights(include_buffers=False):  # buffers (rotary inv_freq) stay real
-            self.model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
-        self.model.eval()
-        for name, buf in list(self.model.named_buffers()):  # rotary tables etc. live on the device
-            mod_name, _, bname = name.rpartition(".")
-            (self.model.get_submodule(mod_name) if mod_name else self.model)._buffers[bname] = buf.to(self.device)
-        self.family = resolve_family(self.ckpt.text_config, self.ckpt.tensors)
+        self.ckpt, self.family, self.model = meta_model(path, self.dtype, self.device)
         self.layers = self.model.get_submodule(self.family.layers)
         self.num_layers = len(self.layers)
         self.config = self.model.config
@@ -89,14 +110,7 @@ class StreamedModel:
     def read(self, model_name: str):
         """The tensor of parameter ``model_name`` as the stream runs it (transformed, on the device)."""
         ckpt_name = self._names[model_name]
-        if ckpt_name not in self.ckpt.tensors:
-            raise CheckpointError(f"{self.ckpt.path} has no tensor {ckpt_name}",
-                                  "the checkpoint does not match its config; re-export it, or run without --offload")
-        t = self.ckpt.get_tensor(ckpt_name)
-        want = tuple(self.model.get_parameter(model_name).shape)
-        if tuple(t.shape) != want:
-            raise CheckpointError(f"tensor {ckpt_name} has shape {tuple(t.shape)}, the config implies {want}",
-                                  "the checkpoint does not match its config.json")
+        t = checked_tensor(self.ckpt, ckpt_name, self.model.get_parameter(model_name).shape)
         fn, stored = self.transforms.get(ckpt_name), t.dtype
         if fn is not None:
             t = fn(t)

@@ -94,14 +94,6 @@ class WrittenFile:
     sha256: str
 
 
-def planned_layout(tensors: Sequence[OutTensor], max_shard_bytes: int, metadata: dict[str, str] | None = None,
-                   reserve: int = 0) -> list[tuple[str, list[OutTensor], int]]:
-    """``[(file name, tensors, header bytes)]``: where every tensor will sit, before anything is written."""
-    shards = layout_shards(tensors, max_shard_bytes)
-    names = shard_names(len(shards))
-    return [(n, sh, len(encode_header(sh, metadata, reserve if len(shards) == 1 else 0))) for n, sh in zip(names, shards)]
-
-
 def write_shards(
     folder: Path,
     tensors: Sequence[OutTensor],

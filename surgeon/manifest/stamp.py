@@ -80,7 +80,6 @@ class OutputStamp:
         except ManifestError as e:
             log.warning("no sorted manifest written for this output: %s", e)
             return {}
-        self.normalized = exits
         if self.verify is None:
             self.verify = planned.num_parameters <= VERIFY_MAX_PARAMETERS
         return {} if self.verify else {HEADER_KEY: header_value(self.manifest)}

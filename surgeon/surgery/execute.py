@@ -23,7 +23,16 @@ from typing import Protocol
 from ..io.atomic import atomic_output
 from ..io.checkpoint import Checkpoint
 from ..io.safetensors_header import TensorInfo
-from ..io.writer import OutTensor, WrittenFile, copy_range, planned_layout, write_index, write_shards, write_tensor
+from ..io.writer import (
+    OutTensor,
+    WrittenFile,
+    copy_range,
+    layout_shards,
+    shard_names,
+    write_index,
+    write_shards,
+    write_tensor,
+)
 from ..progress import Progress
 from ..provenance import operation, write_chain
 from ..units import torch_dtype
@@ -32,7 +41,6 @@ from .plan import Plan, TensorOp
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3
 # Blank space kept in a single-file header so the sorted manifest can be stamped in afterwards.
 HEADER_RESERVE = 66 * 1024
-
 
 
 class Finalize(Protocol):
@@ -46,15 +54,17 @@ class Finalize(Protocol):
         """Runs last inside the temp folder, with every weight file's size and sha256."""
 
 
-def planned_checkpoint(folder: Path, config: dict, layout) -> Checkpoint:
-    """The output as a :class:`Checkpoint` before it exists (offsets are relative to each header)."""
+def planned_checkpoint(folder: Path, config: dict, outs: list[OutTensor], max_shard_bytes: int) -> Checkpoint:
+    """The output as a :class:`Checkpoint` before it exists: its config, and each tensor's dtype, shape,
+    size and file (offsets count from the start of each file's data, the header not yet known)."""
+    shards = layout_shards(outs, max_shard_bytes)
+    files = shard_names(len(shards))
     tensors = {}
-    for fname, shard, header_bytes in layout:
-        off = header_bytes
+    for fname, shard in zip(files, shards):
+        off = 0
         for t in shard:
             tensors[t.name] = TensorInfo(t.name, t.dtype, tuple(t.shape), fname, off, off + t.nbytes)
             off += t.nbytes
-    files = [f for f, _, _ in layout]
     return Checkpoint(path=folder, config=config, tensors=tensors, files=files,
                       file_metadata={f: {"format": "pt"} for f in files}, index_metadata={} if len(files) > 1 else None)
 
@@ -138,8 +148,7 @@ def execute(
         chain = write_chain(tmp, src, entry)
         meta = {}
         if finalize is not None:
-            layout = planned_layout(outs, max_shard_bytes, {"format": "pt"}, HEADER_RESERVE)
-            meta = finalize.header(planned_checkpoint(tmp, plan.config, layout), chain) or {}
+            meta = finalize.header(planned_checkpoint(tmp, plan.config, outs, max_shard_bytes), chain) or {}
         files, weight_map, written = write_shards(tmp, outs, write_data, max_shard_bytes, {"format": "pt"},
                                                   HEADER_RESERVE, single_file_metadata=meta)
         if len(files) > 1:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..errors import CheckpointError
-
 log = logging.getLogger(__name__)
 
 
@@ -25,19 +23,12 @@ def load_nf4(path: str | Path, device, compute_dtype, progress=None):
     """The checkpoint at ``path`` with every linear layer but the LM head quantized to NF4 on ``device``."""
     import bitsandbytes as bnb
     import torch
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..arch.registry import resolve_family
-    from ..io.checkpoint import Checkpoint
     from ..memory import trim
+    from ..offload import checked_tensor, meta_model
 
     device = torch.device(device)
-    ckpt = Checkpoint.open(path)
-    family = resolve_family(ckpt.text_config, ckpt.tensors)
-    config = AutoConfig.from_pretrained(str(path))
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=compute_dtype)
+    ckpt, family, model = meta_model(path, compute_dtype, device)
     for name, mod in list(model.named_modules()):
         if type(mod) is torch.nn.Linear and name != family.lm_head:
             with torch.device("meta"):
@@ -49,12 +40,7 @@ def load_nf4(path: str | Path, device, compute_dtype, progress=None):
     tied = head_name not in ckpt.tensors
     params = [(n, p) for n, p in model.named_parameters(remove_duplicate=False) if not (tied and n == head_name)]
     for i, (name, old) in enumerate(params):
-        if name not in ckpt.tensors:
-            raise CheckpointError(f"{ckpt.path} has no tensor {name}", "the checkpoint does not match its config.json")
-        t = ckpt.get_tensor(name)
-        if tuple(t.shape) != tuple(old.shape):
-            raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)}, the config implies {tuple(old.shape)}",
-                                  "the checkpoint does not match its config.json")
+        t = checked_tensor(ckpt, name, old.shape)
         mod_name, _, pname = name.rpartition(".")
         mod = model.get_submodule(mod_name)
         if isinstance(mod, bnb.nn.Linear4bit) and pname == "weight":
@@ -72,9 +58,5 @@ def load_nf4(path: str | Path, device, compute_dtype, progress=None):
             progress(i + 1, len(params), "quantizing")
     if tied:  # the LM head reads the embedding matrix
         model.get_submodule(family.lm_head).weight = model.get_submodule(family.embed).weight
-    for name, buf in list(model.named_buffers()):  # rotary tables etc.
-        mod_name, _, bname = name.rpartition(".")
-        (model.get_submodule(mod_name) if mod_name else model)._buffers[bname] = buf.to(device)
     model.is_loaded_in_4bit = True
-    model.eval()
-    return model
+    return model.eval()  # the swapped-in Linear4bit modules too
