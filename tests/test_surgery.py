@@ -1,6 +1,7 @@
 """Depth surgery: a rewritten checkpoint equals the same surgery done in memory, to the logit."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -209,15 +210,25 @@ def test_rewrite_opens_no_output_file_for_reading(tiny_models, tiny_sharded, tmp
     reads = []
     real_open = builtins.open
 
+    def inside_output(p: str) -> bool:
+        return p.startswith(str(out) + "/") or p.startswith(str(tmp_path / ("." + out.name)))
+
     def spying_open(file, mode="r", *a, **k):
         p = str(file)
-        inside = p.startswith(str(out) + "/") or p.startswith(str(tmp_path / ("." + out.name)))
-        if inside and ("r" in mode or "+" in mode):
+        if inside_output(p) and ("r" in mode or "+" in mode):
             reads.append((p, mode))
         return real_open(file, mode, *a, **k)
 
+    real_os_open = os.open
+
+    def spying_os_open(path, flags, *a, **k):  # the writer opens its outputs at the fd level
+        if inside_output(str(path)) and (flags & os.O_ACCMODE) != os.O_WRONLY and not os.path.isdir(path):
+            reads.append((str(path), flags))
+        return real_os_open(path, flags, *a, **k)
+
     monkeypatch.setattr(builtins, "open", spying_open)
     monkeypatch.setattr(io, "open", spying_open)
+    monkeypatch.setattr(os, "open", spying_os_open)
     src = tiny_sharded if sharded else tiny_models["llama"]
     r = run_cli("prune", src, "--start", "2", "--n", "2", "-o", out, *(["--max-shard-size", "200KB"] if sharded else []))
     monkeypatch.undo()
@@ -226,3 +237,27 @@ def test_rewrite_opens_no_output_file_for_reading(tiny_models, tiny_sharded, tmp
     rep = check_checkpoint(out, verify=True)  # what was hashed while writing is what is on disk
     assert rep.hashes_verified and rep.header_copy == "copy"
     assert (len(list(out.glob("*.safetensors"))) > 1) == sharded
+
+
+@pytest.mark.parametrize("how", ["exdev", "absent"])
+def test_rewrite_without_kernel_copy_writes_the_same_bytes(tiny_sharded, tmp_path, monkeypatch, how):
+    """Raw ranges are copied in the kernel (copy_file_range); where that is refused (another file
+    system, an old kernel) or missing, the chunked copy writes the same files with the same hashes."""
+    import errno
+
+    args = ["--start", "2", "--n", "2", "--max-shard-size", "200KB"]
+    assert run_cli("prune", tiny_sharded, *args, "-o", tmp_path / "kernel").exit_code == 0
+    if how == "exdev":
+        def refuse(*a, **k):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    else:
+        monkeypatch.delattr(os, "copy_file_range")
+    assert run_cli("prune", tiny_sharded, *args, "-o", tmp_path / "chunked").exit_code == 0
+    monkeypatch.undo()
+    files = sorted(p.name for p in (tmp_path / "kernel").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "chunked").iterdir())
+    assert sum(f.endswith(".safetensors") for f in files) > 1
+    for name in files:
+        if name.endswith(".safetensors"):
+            assert (tmp_path / "kernel" / name).read_bytes() == (tmp_path / "chunked" / name).read_bytes()

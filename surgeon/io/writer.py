@@ -9,6 +9,7 @@ reserve blank space so its ``__metadata__`` can be rewritten in place later (see
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -65,24 +66,114 @@ def encode_header(tensors: Sequence[OutTensor], metadata: dict[str, str] | None,
 
 
 class HashingWriter:
-    """A write-only file that hashes (sha256) and counts every byte as it is written."""
+    """A write-only output file that hashes (sha256) and counts every byte written to it.
 
-    def __init__(self, f):
+    Hashing runs on the file's own helper thread (hashlib releases the GIL), so it overlaps the
+    writes and the other files; jobs run in order, so the digest is that of the file's bytes.
+    :meth:`copy_from` copies a byte range of another file inside the kernel (``copy_file_range``:
+    no trip through user space) and hashes the same range from the source on the helper thread.
+    :meth:`close` queues the fsync behind the hashing and returns at once; :meth:`result` waits.
+    """
+
+    def __init__(self, path: Path):
         import hashlib
+        from concurrent.futures import ThreadPoolExecutor
 
-        self._f, self._h, self.bytes = f, hashlib.sha256(), 0
+        self.path = Path(path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._h, self.bytes = hashlib.sha256(), 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surgeon-hash")
+        self._jobs: list = []
+        self._kernel_copy = hasattr(os, "copy_file_range")
 
     def write(self, data) -> int:
         mv = memoryview(data).cast("B")
-        self._h.update(mv)
+        job = self._pool.submit(self._h.update, mv)  # hashed while it is written; caller keeps data alive
+        view, left = mv, len(mv)
+        while left:
+            k = os.write(self._fd, view)
+            view, left = view[k:], left - k
+        job.result()
         self.bytes += len(mv)
-        return self._f.write(mv)
+        return len(mv)
+
+    def copy_from(self, src_path: Path, begin: int, nbytes: int) -> None:
+        """Append ``nbytes`` of ``src_path`` from offset ``begin``."""
+        with open(src_path, "rb") as src:
+            done = 0
+            while done < nbytes and self._kernel_copy:
+                try:
+                    k = os.copy_file_range(src.fileno(), self._fd, nbytes - done, begin + done)
+                except OSError as e:
+                    if done or e.errno not in _NO_KERNEL_COPY:
+                        raise
+                    self._kernel_copy = False  # another file system or an old kernel: copy in chunks
+                    break
+                if k == 0:
+                    break
+                done += k
+            if done < nbytes and not self._kernel_copy:
+                src.seek(begin + done)
+                while done < nbytes:
+                    chunk = src.read(min(COPY_CHUNK, nbytes - done))
+                    if not chunk:
+                        break
+                    self._write_all(chunk)
+                    done += len(chunk)
+            if done < nbytes:
+                raise CheckpointError(f"{Path(src_path).name} ended early while copying", "the source is truncated; re-download it")
+        self._jobs.append(self._pool.submit(self._hash_range, Path(src_path), begin, nbytes))
+        self.bytes += nbytes
+
+    def _write_all(self, data) -> None:
+        view = memoryview(data)
+        while len(view):
+            view = view[os.write(self._fd, view):]
+
+    def _hash_range(self, path: Path, begin: int, nbytes: int) -> None:
+        buf = memoryview(bytearray(min(COPY_CHUNK, nbytes) or 1))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            done = 0
+            while done < nbytes:
+                k = os.preadv(fd, [buf[: nbytes - done]], begin + done)
+                if k == 0:
+                    raise CheckpointError(f"{path.name} ended early while copying", "the source is truncated; re-download it")
+                self._h.update(buf[:k])
+                done += k
+        finally:
+            os.close(fd)
 
     def tell(self) -> int:
         return self.bytes
 
-    def hexdigest(self) -> str:
+    def close(self, sync: bool = True) -> None:
+        """Queue the fsync (behind the hashing) and the close; returns without waiting."""
+        if sync:
+            self._jobs.append(self._pool.submit(os.fsync, self._fd))
+        self._jobs.append(self._pool.submit(self._close_fd))
+        self._pool.shutdown(wait=False)
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def result(self) -> str:
+        """Wait for the hashing, fsync and close; the file's sha256 (re-raises what they raised)."""
+        self._pool.shutdown(wait=True)
+        for job in self._jobs:
+            job.result()
         return self._h.hexdigest()
+
+    def abort(self) -> None:
+        """Stop after the queued jobs and close the file (on an error: the caller removes the output)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._close_fd()
+
+
+_NO_KERNEL_COPY = {getattr(errno, n) for n in ("EXDEV", "ENOSYS", "EINVAL", "EOPNOTSUPP", "ENOTSUP", "EBADF", "EPERM")
+                   if hasattr(errno, n)}
 
 
 @dataclass(frozen=True)
@@ -114,11 +205,11 @@ def write_shards(
     if len(shards) == 1 and single_file_metadata:
         metadata = {**(metadata or {}), **single_file_metadata}
     weight_map: dict[str, str] = {}
-    written = []
-    for fname, shard in zip(names, shards):
-        path = folder / fname
-        with open(path, "wb") as raw:
-            f = HashingWriter(raw)
+    files: list[HashingWriter] = []
+    try:
+        for fname, shard in zip(names, shards):
+            f = HashingWriter(folder / fname)
+            files.append(f)
             f.write(encode_header(shard, metadata, reserve if len(shards) == 1 else 0))
             for t in shard:
                 start = f.tell()
@@ -127,9 +218,12 @@ def write_shards(
                     raise CheckpointError(f"internal error: wrote {f.tell() - start} bytes for {t.name}, expected {t.nbytes}",
                                           "please report this")
                 weight_map[t.name] = fname
-            raw.flush()
-            os.fsync(raw.fileno())
-        written.append(WrittenFile(fname, f.bytes, f.hexdigest()))
+            f.close()  # its hashing and fsync finish in the background while the next shard is written
+        written = [WrittenFile(fname, f.bytes, f.result()) for fname, f in zip(names, files)]
+    except BaseException:
+        for f in files:
+            f.abort()
+        raise
     return names, weight_map, written
 
 
@@ -143,7 +237,11 @@ def write_index(folder: Path, weight_map: dict[str, str], total_size: int, metad
 
 
 def copy_range(src_path: Path, begin: int, nbytes: int, out) -> None:
-    """Copy ``nbytes`` from ``src_path`` at ``begin`` into the open file ``out``, in chunks."""
+    """Copy ``nbytes`` from ``src_path`` at ``begin`` into ``out`` (a :class:`HashingWriter`: in the
+    kernel; any other file object: in chunks)."""
+    if isinstance(out, HashingWriter):
+        out.copy_from(src_path, begin, nbytes)
+        return
     with open(src_path, "rb") as f:
         f.seek(begin)
         left = nbytes
