@@ -5,8 +5,11 @@ tensor after another, tens of megabytes each. glibc's malloc raises its mmap thr
 first large ``free`` and serves later blocks of that size from the heap, where freed blocks stay
 resident: measured on a 1.3B bf16 checkpoint, loading it as NF4 peaked at 3.9 GB of RSS for 1.1 GB of
 live tensors, and ``malloc_trim`` brought it back to 1.2 GB. :func:`large_blocks_from_mmap` pins the
-threshold (every block of 1 MiB or more is its own mapping, unmapped when freed); the CLI calls it at
-start-up. :func:`trim` releases free heap pages now (a no-op where glibc is absent).
+threshold at glibc's own starting value, 128 KiB (every block that size or larger is its own
+mapping, unmapped when freed); the CLI calls it at start-up. Training allocates activations of a
+few hundred KiB each (a 2 x 128-token hidden state of width 768 is 768 KiB): with a 1 MiB threshold
+their freed blocks stayed resident, 0.3 GB per process on a 150M model (FSDP per-process peak
+1.92 GB with 128 KiB, 2.23 GB with 1 MiB; one process 3.05 vs 3.24 GB; time per step within 4%). :func:`trim` releases free heap pages now (a no-op where glibc is absent).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import ctypes.util
 import functools
 
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 1 << 20
+MMAP_THRESHOLD_BYTES = 128 << 10
 
 
 @functools.lru_cache(maxsize=1)

@@ -230,6 +230,8 @@ class RecipeOptions:
     checkpoint_dir: Path | None = opt(None, "Checkpoint folder (default: OUT.checkpoints, removed after success).")
     resume: bool = opt(False, "Continue an interrupted run from its last checkpoint (same options and data).")
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward (less memory, ~30% slower).")
+    fsdp: bool = opt(False, "Shard parameters, gradients and optimizer state over the launched processes (PyTorch "
+                            "FSDP2); launch with torchrun --nproc_per_node N -m surgeon ...")
 
     def check_recipe(self) -> None:
         """Resolve the default ``quant`` and validate every recipe field (builds the typed settings)."""
@@ -241,6 +243,11 @@ class RecipeOptions:
             raise UsageError(f"--seq-len must be at least 2 (got {self.seq_len})", "use e.g. --seq-len 1024")
         if self.eval_samples < 0 or self.eval_batch_size < 1:
             raise UsageError("--eval-samples must be >= 0 and --eval-batch-size >= 1", "use e.g. --eval-samples 32")
+        if self.fsdp:
+            from .train.fsdp import check_setup, require_launch
+
+            check_setup(self.model_setup())
+            require_launch()
 
     def model_setup(self):
         from .train.config import ModelSetup
@@ -250,7 +257,7 @@ class RecipeOptions:
             raise UsageError("--target-modules is empty", "give module names such as gate_proj,up_proj,down_proj")
         return ModelSetup(method=self.method, quant=self.quant or ("none" if self.method == "full" else "nf4"),
                           rank=self.rank, alpha=self.alpha, dropout=self.dropout, target_modules=targets,
-                          gradient_checkpointing=self.gradient_checkpointing)
+                          gradient_checkpointing=self.gradient_checkpointing, seed=self.seed)
 
     def train_config(self):
         from .train.config import TrainConfig

@@ -15,8 +15,9 @@ def render_heal(r, c) -> None:
     """Print a HealResult: losses before/after, training speed, output."""
     t = r.train
     if r.after is not None:
+        as_trained = f"; as trained {r.trained.loss:.4f}" if r.trained is not None else ""
         c.print(f"held-out loss  before {r.before.loss:.4f}  ->  after {r.after.loss:.4f}  "
-                f"([bold]{r.improvement:+.4f}[/] nats; as trained {r.trained.loss:.4f}) on {r.after.tokens} tokens")
+                f"([bold]{r.improvement:+.4f}[/] nats{as_trained}) on {r.after.tokens} tokens")
     done = t.steps - t.resumed_from
     resumed = f" (resumed at step {t.resumed_from})" if t.resumed_from else ""
     c.print(f"trained {done} steps{resumed} in {t.seconds:.1f}s ({t.seconds_per_step:.2f} s/step, "

@@ -53,6 +53,9 @@ class HealSettings(RecipeOptions):
             raise UsageError(f"--distill-weight must be >= 0 (got {self.distill_weight})", "use e.g. 1.0")
         if self.save_adapter and self.method != "lora":
             raise UsageError("--save-adapter needs --method lora", "drop --save-adapter, or train LoRA")
+        if self.fsdp and self.distill != "none":
+            raise UsageError("--distill under --fsdp would hold the whole teacher on every process",
+                             "drop --distill, or heal on one device (--quant nf4 fits a 70B teacher and student on one 80 GB GPU)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,7 +176,7 @@ class HealRecipe(Recipe):
         if self.opts.save_adapter:
             from ..train.merge import save_adapter
 
-            self.adapter = str(save_adapter(model, Path(self.opts.output) / "adapter"))
+            self.adapter = str(save_adapter(model, Path(self.opts.output) / "adapter", state_dict=self.gathered))
 
 
 def run(opts: HealOptions, progress: Progress | None = None) -> HealResult:

@@ -35,14 +35,15 @@ def write_output(plan: Plan, out: str | Path, *, force: bool = False, max_shard_
 
 
 def save_merged(model, source: str | Path, out: str | Path, *, operation: str = "heal", dtype: str | None = None,
-                options: dict | None = None, **kwargs) -> ExecuteResult:
+                options: dict | None = None, trained: dict | None = None, **kwargs) -> ExecuteResult:
     """Write ``model`` (a peft LoRA model, or a fully fine-tuned one) as a plain checkpoint: the source's
     tensors streamed to ``out`` with the training merged in (:func:`surgeon.train.merge.merge_transforms`:
     LoRA deltas added to the original float weights). ``dtype`` converts floats (default: keep the
-    source's); other keyword arguments go to :func:`write_output`."""
+    source's); ``trained``: the trainable parameters gathered in full when ``model`` is sharded (FSDP);
+    other keyword arguments go to :func:`write_output`."""
     from ..io.checkpoint import Checkpoint
     from ..train.merge import merge_transforms
 
     ckpt = Checkpoint.open(source)
     plan = plan_layers(ckpt, list(range(ckpt.num_layers)), operation, dtype, options or {})
-    return write_output(plan, out, transforms=merge_transforms(model, ckpt), **kwargs)
+    return write_output(plan, out, transforms=merge_transforms(model, ckpt, trained), **kwargs)

@@ -7,7 +7,9 @@
    ``--eval-samples`` held-out ones (``--eval-data``, default: the same data's held-out role);
 3. **evaluate before** on the source, layer-streamed (:class:`surgeon.offload.StreamedModel`; main process);
 4. **train** (:func:`surgeon.train.load_trainable` + :func:`surgeon.train.train` with the recipe's
-   ``loss_fn``; resumable checkpoints in ``OUT.checkpoints``);
+   ``loss_fn``; resumable checkpoints in ``OUT.checkpoints``); with ``--fsdp`` the model is sharded
+   over the launched processes first (:mod:`surgeon.train.fsdp`) and its trainable parameters are
+   gathered, one at a time, to the main process afterwards;
 5. **evaluate after** on the exact weights the output will hold, layer-streamed (each layer's LoRA
    deltas added to the original float weights as it is read, or the fully trained weights, cast to the
    output dtype): no float copy of the model is ever held beside the trained one;
@@ -58,6 +60,7 @@ class Recipe:
     def __init__(self, opts, progress: Progress | None = None):
         self.opts = opts
         self.report = progress or no_progress
+        self.gathered = None  # with --fsdp: the trained parameters in full (main process)
 
     # -- hooks ------------------------------------------------------------------------------------
     def prepare(self, ckpt) -> None:
@@ -127,8 +130,13 @@ class Recipe:
             before = self.measure(self.streamed(device), eval_ex, "before")
 
         # -- train
-        seed_everything(opts.seed)
-        model = load_trainable(opts.model, setup, family, device=device)
+        seed_everything(opts.seed)  # the same seed on every process: FSDP shards one identical model
+        if opts.fsdp:  # built sharded: no process ever holds the whole model
+            from ..train.fsdp import load_sharded
+
+            model = load_sharded(opts.model, setup, family, device)
+        else:
+            model = load_trainable(opts.model, setup, family, device=device)
         loss_fn = self.loss_fn(device)
         ckdir = Path(opts.checkpoint_dir) if opts.checkpoint_dir else Path(str(opts.output) + ".checkpoints")
 
@@ -138,21 +146,28 @@ class Recipe:
         result = train(model, train_ex, cfg, loss_fn=loss_fn, checkpoint_dir=ckdir if cfg.save_every else None,
                        resume=opts.resume, progress=on_step, cpu=device.type == "cpu")
         del loss_fn
+        self.gathered = None
+        if opts.fsdp:  # every process takes part; the main process keeps the full trained tensors
+            from ..train.fsdp import gather_trained
+
+            self.gathered = gather_trained(model, main, self.output_dtype(ckpt))
 
         # -- evaluate after (the exact output weights), write, clean up (main process only)
         after = out = None
         run = RecipeRun(before, None, result, None, data.describe(), eval_desc, len(eval_ex), main,
                         state.num_processes)
         if main:
-            self.after_training(model, eval_ex)
+            if not opts.fsdp:  # a sharded model runs only with every process; the output is measured below
+                self.after_training(model, eval_ex)
             if eval_ex:
                 from ..train.merge import merge_transforms
 
-                after = self.measure(self.streamed(device, merge_transforms(model, ckpt)), eval_ex, "after")
+                after = self.measure(self.streamed(device, merge_transforms(model, ckpt, self.gathered)), eval_ex,
+                                     "after")
             run.after = after
             out = save_merged(model, opts.model, opts.output, operation=self.operation, dtype=opts.dtype,
                               options=as_record(opts), force=opts.force, max_shard_bytes=opts.max_shard_bytes,
-                              extra_provenance=self.provenance(run), exits=self.exits(run),
+                              extra_provenance=self.provenance(run), exits=self.exits(run), trained=self.gathered,
                               progress=lambda d, t, n: report(d, t, "writing"))
             run.output = out
             self.after_write(model)
@@ -160,6 +175,18 @@ class Recipe:
                 shutil.rmtree(ckdir, ignore_errors=True)
         state.wait_for_everyone()
         return run
+
+    def output_dtype(self, ckpt):
+        """The dtype the output's float tensors are written in (``--dtype``, else the source's when all
+        its float tensors share one, else fp32): fully trained weights are gathered in it."""
+        import torch
+
+        from ..units import torch_dtype
+
+        if self.opts.dtype:
+            return torch_dtype(self.opts.dtype)
+        floats = {torch_dtype(t.dtype) for t in ckpt.tensors.values()} & {torch.float32, torch.bfloat16, torch.float16}
+        return floats.pop() if len(floats) == 1 else torch.float32
 
     def streamed(self, device, transforms: dict | None = None):
         """The source checkpoint layer-streamed in the compute dtype (:class:`surgeon.offload.StreamedModel`):

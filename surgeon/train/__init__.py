@@ -28,7 +28,11 @@ metrics, checkpoint)``
     end) and reaches the same weights as an uninterrupted run. ``progress`` gets a
     :class:`StepInfo` (step, steps, loss, lr, tokens, tokens_per_s, elapsed_s, eta_s, metrics)
     after every optimizer step. Under ``accelerate launch`` it runs DDP with no code change
-    (each process reads its own slice of every step's batch).
+    (each process reads its own slice of every step's batch). A model built by
+    ``surgeon.train.fsdp.load_sharded(path, setup, family, device)`` (FSDP2, under ``torchrun``)
+    trains sharded: sharded gradients and optimizer state, sharded checkpoints
+    (``torch.distributed.checkpoint``, safetensors storage); ``surgeon.train.fsdp.gather_trained``
+    then brings the trained parameters to the main process for the merge.
     Raises ``DataError`` when the examples do not fill one batch, ``UsageError`` on out of memory
     (naming --batch-size / --seq-len / --grad-accum), on a non-finite loss, or on a resume whose
     options or data differ from the checkpoint's.
@@ -38,7 +42,8 @@ The ``loss_fn`` contract
 ``loss_fn(model, batch) -> (loss, metrics)`` is called once per micro-batch, inside the DDP
 no-sync context when gradients are being accumulated:
 
-- ``model`` is the model as prepared by accelerate (a DDP wrapper under several processes:
+- ``model`` is the model as prepared by accelerate (a DDP wrapper under several processes;
+  under FSDP2 the sharded model itself:
   call it, ``model(...)``, so gradients synchronize; use ``surgeon.train.unwrap(model)`` to reach
   its modules, e.g. to register hooks on ``unwrap(model).base_model.model.model.layers`` or
   read ``config``).

@@ -26,6 +26,7 @@ class ModelSetup:
     dropout: float = 0.05
     target_modules: tuple[str, ...] | None = None
     gradient_checkpointing: bool = False
+    seed: int = 0  # LoRA's initialization (surgeon.train.model.lora_init_value)
 
     def __post_init__(self):
         if self.method not in METHODS:

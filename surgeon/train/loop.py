@@ -11,7 +11,9 @@ See :mod:`surgeon.train` for the contract (``train``, ``loss_fn``, batches). Imp
   object), so the schedule state is also just the step.
 - Checkpoint ``<dir>/step-00000012/``: ``trainable.safetensors`` (the trainable parameters),
   ``optimizer.pt`` (AdamW state: tensors and numbers only), ``rng-<rank>.pt`` (torch/cuda RNG
-  states as tensors), ``state.json`` (step, losses, tokens, config, data fingerprint). It is built
+  states as tensors), ``state.json`` (step, losses, tokens, config, data fingerprint); a sharded
+  (FSDP2) run writes ``shards/`` (one safetensors file per process) and ``optimizer.json`` instead of
+  the first two (:mod:`surgeon.train.fsdp`). It is built
   in ``<dir>/.step-00000012.partial`` and renamed into place; ``<dir>/latest`` (replaced
   atomically) names the newest complete one; older ones are removed. ``.pt`` files are read back
   with ``torch.load(weights_only=True)``: no pickled code is ever executed.
@@ -159,7 +161,7 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     return p if name and (p / "state.json").is_file() else None
 
 
-def _save(acc, model, optimizer, checkpoint_dir: Path, step: int, state: dict) -> Path:
+def _save(acc, model, optimizer, checkpoint_dir: Path, step: int, state: dict, sharded: bool = False) -> Path:
     import torch
     from safetensors.torch import save_file
 
@@ -172,9 +174,14 @@ def _save(acc, model, optimizer, checkpoint_dir: Path, step: int, state: dict) -
         tmp.mkdir()
     acc.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng-{acc.process_index}.pt")
-    if acc.is_main_process:
+    if sharded:  # every process writes its own shard (see surgeon.train.fsdp)
+        from .fsdp import save_shards
+
+        save_shards(tmp, model, optimizer, acc.is_main_process)
+    elif acc.is_main_process:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if acc.is_main_process:
         (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -190,19 +197,29 @@ def _save(acc, model, optimizer, checkpoint_dir: Path, step: int, state: dict) -
     return final
 
 
-def _load(acc, model, optimizer, ckpt: Path, expect: dict) -> dict:
+def _load(acc, model, optimizer, ckpt: Path, expect: dict, sharded: bool = False) -> dict:
     import torch
     from safetensors.torch import load_file
 
     state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    if (ckpt / "trainable.safetensors").is_file() == sharded:
+        kind, hint = (("a one-model (not --fsdp) checkpoint", "resume without --fsdp, as the interrupted run ran")
+                      if sharded else ("a sharded (--fsdp) checkpoint",
+                                       "resume with --fsdp under the same launch as the interrupted run"))
+        raise UsageError(f"cannot resume from {ckpt}: it is {kind}", hint)
     for key, value in expect.items():
         if state.get(key) != value:
             raise UsageError(
                 f"cannot resume from {ckpt}: it was written with {key}={state.get(key)!r}, this run has {value!r}",
                 "resume with the same options and data, or delete the checkpoint folder to start over",
             )
-    load_trainable_state(model, load_file(str(ckpt / "trainable.safetensors")))
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+    if sharded:
+        from .fsdp import load_shards
+
+        load_shards(ckpt, model, optimizer)
+    else:
+        load_trainable_state(model, load_file(str(ckpt / "trainable.safetensors")))
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
     rng = ckpt / f"rng-{acc.process_index}.pt"
     if rng.is_file():
         _set_rng_state(torch.load(rng, map_location="cpu", weights_only=True))
@@ -223,9 +240,13 @@ def train(
     cpu: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place for ``cfg.steps`` optimizer steps (see :mod:`surgeon.train`); ``cpu=True``
-    trains on the CPU even when an accelerator is present."""
+    trains on the CPU even when an accelerator is present. A model sharded by
+    :func:`surgeon.train.fsdp.shard` trains under FSDP2 (sharded gradients and optimizer state,
+    sharded checkpoints); any other model under accelerate (DDP when several processes run)."""
     import torch
     from accelerate import Accelerator
+
+    from .fsdp import clip_grad_norm, is_sharded
 
     examples = examples if isinstance(examples, Sequence) else list(examples)
     loss_fn = loss_fn or causal_lm_loss
@@ -243,11 +264,15 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UsageError("the model has no trainable parameters", "load it with surgeon.train.load_trainable")
+    sharded = is_sharded(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model, optimizer = acc.prepare(model, optimizer)
+    if not sharded:  # FSDP2 already distributes the model; accelerate would wrap it in DDP
+        model, optimizer = acc.prepare(model, optimizer)
     model.train()
     warmup = effective_warmup(cfg.warmup, cfg.steps)
     expect = {"config": cfg.to_dict(), "world": world, "data": _fingerprint(examples)}
+    if sharded:
+        expect["fsdp"] = True
 
     start, losses, metrics_log = 0, [], []
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -257,7 +282,7 @@ def train(
         if found is None:
             log.warning("no checkpoint in %s; starting from step 0", ckdir)
         else:
-            state = _load(acc, model, optimizer, found, expect)
+            state = _load(acc, model, optimizer, found, expect, sharded)
             start, losses = int(state["step"]), list(state["losses"])
             metrics_log = list(state.get("metrics", []))
             last_ckpt = str(found)
@@ -278,10 +303,15 @@ def train(
                 batch = {k: (v.to(acc.device) if hasattr(v, "to") else v) for k, v in batch.items()}
                 batch["step"], batch["micro"] = step, micro
                 sync = micro == cfg.grad_accum - 1
-                ctx = acc.no_sync(model) if not sync and world > 1 else _null()
+                # FSDP2 reduce-scatters each micro-batch's gradients into the shards (no unsharded
+                # gradients kept between micro-batches); DDP defers its all-reduce to the last one
+                ctx = acc.no_sync(model) if not sync and world > 1 and not sharded else _null()
                 with ctx:
                     loss, metrics = loss_fn(model, batch)
-                    acc.backward(loss / cfg.grad_accum)
+                    if sharded:
+                        (loss / cfg.grad_accum).backward()
+                    else:
+                        acc.backward(loss / cfg.grad_accum)
                 if not torch.isfinite(loss.detach()):
                     raise UsageError(f"the loss became {float(loss)} at step {step + 1}",
                                      "lower --lr, or check the data and the model's dtype")
@@ -290,7 +320,10 @@ def train(
                 for k, v in (metrics or {}).items():
                     step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / cfg.grad_accum
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-                acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                if sharded:
+                    clip_grad_norm(params, cfg.max_grad_norm)
+                else:
+                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         except Exception as e:
@@ -307,14 +340,15 @@ def train(
         done = step + 1
         if ckdir is not None and cfg.save_every and (done % cfg.save_every == 0 or done == cfg.steps):
             state = {**expect, "step": done, "losses": losses, "metrics": metrics_log}
-            last_ckpt = str(_save(acc, model, optimizer, ckdir, done, state))
+            last_ckpt = str(_save(acc, model, optimizer, ckdir, done, state, sharded))
         if progress is not None:
             elapsed = time.time() - t0
             rate = (done - start) / elapsed if elapsed > 0 else 0.0
             progress(StepInfo(done, cfg.steps, step_loss, lr, tokens, tokens / elapsed if elapsed > 0 else 0.0,
                               elapsed, (cfg.steps - done) / rate if rate > 0 else math.inf, step_metrics))
     seconds = time.time() - t0
-    model = acc.unwrap_model(model)
+    if not sharded:
+        model = acc.unwrap_model(model)
     acc.free_memory()
     return TrainResult(cfg.steps, losses, seconds, tokens, start, metrics_log, last_ckpt)
 

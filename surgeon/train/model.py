@@ -120,7 +120,7 @@ def load_trainable(path: str | Path, setup: ModelSetup, family: Family | None = 
         model.train()
         return model
 
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     targets = resolve_targets(setup, family, model)
     if setup.quant == "nf4":
@@ -129,14 +129,50 @@ def load_trainable(path: str | Path, setup: ModelSetup, family: Family | None = 
     elif setup.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
         model.enable_input_require_grads()
-    lcfg = LoraConfig(r=setup.rank, lora_alpha=setup.lora_alpha, lora_dropout=setup.dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
-    model = get_peft_model(model, lcfg)
+    model = get_peft_model(model, lora_config(setup, targets))
+    init_lora(model, setup.seed)
     model.train()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("LoRA r=%d alpha=%g on %s (%s): %d trainable parameters", setup.rank, setup.lora_alpha,
              ", ".join(targets), setup.quant, n_train)
     return model
+
+
+def lora_config(setup: ModelSetup, targets: list[str]):
+    from peft import LoraConfig
+
+    return LoraConfig(r=setup.rank, lora_alpha=setup.lora_alpha, lora_dropout=setup.dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+
+
+def lora_init_value(name: str, shape, seed: int):
+    """The initial value of LoRA parameter ``name``: peft's default (``A`` Kaiming-uniform with
+    a = sqrt(5), ``B`` zero) drawn from a generator seeded by ``(seed, name)``, so it is the same
+    whichever order, process or device the model is built in (sharded or not)."""
+    import hashlib
+    import math
+
+    import torch
+
+    t = torch.empty(tuple(shape), dtype=torch.float32)
+    if ".lora_B." in name:
+        return t.zero_()
+    g = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little"))
+    return torch.nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=g)
+
+
+def is_lora_param(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def init_lora(model, seed: int) -> None:
+    """Re-draw every LoRA parameter with :func:`lora_init_value`."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in unwrap(model).named_parameters():
+            if is_lora_param(name):
+                p.copy_(lora_init_value(name, p.shape, seed).to(p.device, p.dtype))
 
 
 def unwrap(model, peft: bool = False):
