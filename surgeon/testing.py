@@ -166,3 +166,13 @@ def tree_digest(folder) -> str:
             h.update(p.relative_to(folder).as_posix().encode())
             h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def load_weights(folder) -> dict:
+    """Every tensor of a checkpoint folder, single file or shards (``{name: tensor}``)."""
+    from safetensors.torch import load_file
+
+    out: dict = {}
+    for p in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(str(p)))
+    return out

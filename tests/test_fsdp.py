@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from surgeon.testing import corpus
+from surgeon.testing import corpus, load_weights
 from tests.conftest import run_cli
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
@@ -48,8 +48,8 @@ def torchrun(*args, check: bool = True) -> subprocess.CompletedProcess:
     return p
 
 
-def weights(folder: Path, name: str = "model.safetensors") -> dict:
-    return load_file(str(folder / name))
+def weights(folder: Path, name: str | None = None) -> dict:
+    return load_file(str(folder / name)) if name else load_weights(folder)
 
 
 def max_diff(a: dict, b: dict) -> float:

@@ -29,11 +29,13 @@ def _logits(model):
 
 @pytest.fixture(scope="module")
 def sorted_llama(tiny_models, tmp_path_factory):
-    """A copy of the tiny Llama with prefix exits 2 and 4 and a half-width exit."""
+    """A copy of the tiny Llama with prefix exits 2 and 4 and a half-width exit, in one file (the
+    header-copy tests below edit it; exit-aligned shards are tests/test_view.py's)."""
     out = tmp_path_factory.mktemp("sorted") / "llama"
     exits = [{"name": "depth-2", "layers": [0, 1]}, {"name": "depth-4", "layers": [0, 1, 2, 3]},
              {"name": "narrow", "layers": [0, 1, 2, 3, 4, 5], "widths": {"ffn": 64, "heads": 2, "kv_heads": 1}}]
-    write_output(plan_layers(Checkpoint.open(tiny_models["llama"]), range(6), "manifest"), out, exits=exits)
+    write_output(plan_layers(Checkpoint.open(tiny_models["llama"]), range(6), "manifest"), out, exits=exits,
+                 align=False)
     return out
 
 
@@ -290,7 +292,7 @@ def test_large_manifest_rides_as_a_pointer(tiny_models, tmp_path):
     exits = [{"name": f"s{'_'.join(map(str, c))}", "layers": c} for c in subsets]
     out = tmp_path / "big"
     write_output(plan_layers(Checkpoint.open(tiny_models["llama"]), range(6), "manifest"), out, exits=exits,
-            verify=False)
+                 verify=False, align=False)
     value, _ = read_header_copy(out)
     assert "pointer" in value and len((out / "sorted_manifest.json").read_bytes()) > 64 * 1024
     assert check_checkpoint(out).header_copy == "pointer"

@@ -173,7 +173,7 @@ def validate(m, header_copy=False):
     feats = m.get("required_features", [])
     if not isinstance(feats, list) or any(not isinstance(f, str) or f not in FEATURES for f in feats):
         _bad(f"required_features {feats!r} names a feature this reader does not implement")
-    for k in sorted(set(m) - set(REQUIRED[""]) - {"required_features", "provenance", "weights"}):
+    for k in sorted(set(m) - set(REQUIRED[""]) - {"required_features", "provenance", "weights", "view"}):
         warnings.warn(f"sorted manifest: unknown key {k!r} ignored", stacklevel=2)
     gen = _obj(m["generator"], "generator", "generator")
     _str(gen["name"], "generator.name")
@@ -207,6 +207,13 @@ def validate(m, header_copy=False):
         _bad("the last exit must be the full model")
     if "provenance" in m and not isinstance(m["provenance"], dict):
         _bad("provenance must be an object")
+    if "view" in m:
+        v = m["view"]
+        if not isinstance(v, dict):
+            _bad("view must be an object")
+        for k in ("source", "exit"):
+            _str(v.get(k), f"view.{k}")
+        _sha(v.get("source_config_sha256"), "view.source_config_sha256")
     if "weights" not in m:
         if not header_copy:
             _bad("missing required key 'weights'")

@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("surgeon.cli.eval", "eval_cmd", "Held-out loss, perplexity and KL to the full model of depth exits."),
     "manifest": ("surgeon.cli.manifest", "manifest_cmd", "Write (measure exits) or validate the sorted manifest."),
     "sort-width": ("surgeon.cli.sort_width", "sort_width_cmd", "Sort FFN channels and attention heads by importance (same logits)."),
+    "view": ("surgeon.cli.view", "view_cmd", "One exit of a sorted checkpoint as a plain HF folder of hard links (no disk cost)."),
+    "fix-gguf": ("surgeon.cli.fix_gguf", "fix_gguf_cmd", "Add the per-layer metadata llama.cpp's converter drops (Gemma 3 after pruning)."),
     "generate": ("surgeon.cli.generate", "generate_cmd", "Generate with an exit, self-speculative decoding or confidence early exit."),
 }
 

@@ -51,6 +51,9 @@ def render_inspect(r, c) -> None:
         t.add_row("sorted manifest", ", ".join(
             f"{e['name']} ({e['num_layers']} layers" + (f", {human_count(e['parameters'])}" if "parameters" in e else "") + ")"
             for e in exits) or r.manifest.get("error", str(r.manifest)))
+        view = r.manifest.get("view")
+        if view:
+            t.add_row("view of", f"exit {view['exit']} of {view['source']} (weights hard-linked: surgeon view)")
     else:
         t.add_row("sorted manifest", "none")
     c.print(t)

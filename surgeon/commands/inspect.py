@@ -71,6 +71,7 @@ def _manifest_summary(path: Path) -> dict | None:
         "exits": [{"name": e["name"], "num_layers": len(e["layers"]), "widths": e.get("widths"),
                    "parameters": e["cost"]["parameters"]["total"], "flops_per_token": e["cost"]["flops_per_token"]}
                   for e in data["exits"]],
+        "view": data.get("view"),  # one exit of another checkpoint (surgeon view)
     }
 
 

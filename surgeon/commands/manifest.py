@@ -1,7 +1,9 @@
 """``surgeon manifest``: measure a checkpoint's exits and write its sorted manifest; validate one.
 
-``surgeon manifest MODEL`` (:func:`run`) writes a copy with ``-o`` or updates the model itself with
-``--in-place`` (crash-safe, :func:`surgeon.manifest.stamp.write_in_place`); ``--eval-data`` measures
+``surgeon manifest MODEL`` (:func:`run`) writes a copy with ``-o`` (exit-aligned shards unless
+``--no-align-shards``) or updates the model itself with ``--in-place`` (crash-safe,
+:func:`surgeon.manifest.stamp.write_in_place`; with ``--align-shards`` MODEL is re-sharded, streaming,
+into a temp folder that replaces it in one rename); ``--eval-data`` measures
 each exit's quality with the metrics engine (:func:`surgeon.eval.measure_exits`: one loaded model,
 every exit from the fewest passes). ``surgeon manifest validate`` is :func:`validate`.
 """
@@ -29,7 +31,8 @@ log = logging.getLogger(__name__)
 class ManifestOptions(PlacementOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
     output: Path | None = opt(None, "Write a copy of MODEL with the manifest here.", flags=("-o", "--output"))
-    in_place: bool = opt(False, "Write the manifest into MODEL itself (sidecar + header copy; weights untouched).")
+    in_place: bool = opt(False, "Write the manifest into MODEL itself (sidecar + header copy; weights untouched unless "
+                                "--align-shards).")
     exits: str | None = opt(None, "Exits: layer counts `4,8,12` (narrowed: `24:ffn=0.5:heads=6`), `all`, or "
                                   "`NAME=I,J,...;...`. "
                                   "Default: the existing manifest's exits, else the full model.", metavar="SPEC")
@@ -41,6 +44,9 @@ class ManifestOptions(PlacementOptions):
     verify: bool | None = opt(None, "Record a verification hash per exit (loads each exit once, in fp32). Default: "
                                     "for models up to 150M parameters, like every surgeon output.")
     force: bool = opt(False, "Replace a non-empty -o folder.")
+    align_shards: bool | None = opt(None, "Exit-aligned shards (shared tensors in their own file, every prefix exit "
+                                          "ending at a file boundary) so `surgeon view` can link any exit. Default: on "
+                                          "with -o; with --in-place it re-shards MODEL (streaming, atomic).")
 
     def __post_init__(self):
         if self.in_place == (self.output is not None):
@@ -113,15 +119,18 @@ def run(opts: ManifestOptions, progress: Progress | None = None) -> ManifestResu
         quality, described = measure_quality(ckpt.path, [by_name[n] for n in order], opts, progress)
         for e in exits:
             e["quality"] = quality[e["name"]]
-    if opts.output is not None:
+    rewrite = opts.output is not None or opts.align_shards
+    if rewrite:
         from ..surgery.plan import plan_layers
         from .output import write_output
 
         plan = plan_layers(ckpt, list(range(ckpt.num_layers)), "manifest",
                            options={"exits": opts.exits, "eval_data": opts.eval_data, "samples": opts.samples,
-                                    "seq_len": opts.seq_len})
-        res = write_output(plan, opts.output, force=opts.force, exits=exits, verify=opts.verify,
-                           extra_provenance={"eval": described} if described else None)
+                                    "seq_len": opts.seq_len, "align_shards": opts.align_shards is not False})
+        target = opts.output if opts.output is not None else ckpt.path
+        res = write_output(plan, target, force=opts.force, exits=exits, verify=opts.verify,
+                           extra_provenance={"eval": described} if described else None,
+                           align=opts.align_shards is not False, replace_source=opts.output is None)
         return ManifestResult(res.output, read_sidecar(res.output), bool(opts.eval_data), described)
     m = write_in_place(ckpt.path, exits, opts.verify)
     return ManifestResult(str(ckpt.path), m, bool(opts.eval_data), described)

@@ -22,16 +22,53 @@ from ..surgery.plan import Plan, plan_layers
 def write_output(plan: Plan, out: str | Path, *, force: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
                  transforms: dict[str, Callable] | None = None, extra_provenance: dict | None = None,
                  progress: Progress | None = None, exits: list[dict] | None = None,
-                 verify: bool | None = None) -> ExecuteResult:
+                 verify: bool | None = None, align: bool = True, replace_source: bool = False) -> ExecuteResult:
     """Stream ``plan`` to ``out`` (see :func:`surgeon.surgery.execute`) and stamp its manifest.
 
     ``exits``: the output's exits as ``{"name", "layers", "widths"?, "quality"?}`` with ``layers``
     indexing the OUTPUT model's layers (default: the full model only, which is always added).
+    ``align`` (default): when the exits include prefixes shorter than the model, write exit-aligned
+    shards (:func:`exit_layout`), so ``surgeon view`` can link any of them.
     """
     from ..manifest.stamp import OutputStamp
 
+    layout = exit_layout(plan, exits) if align else None
     return execute(plan, out, force=force, max_shard_bytes=max_shard_bytes, transforms=transforms,
-                   extra_provenance=extra_provenance, progress=progress, finalize=OutputStamp(exits, verify))
+                   extra_provenance=extra_provenance, progress=progress, finalize=OutputStamp(exits, verify),
+                   layout=layout, replace_source=replace_source)
+
+
+def prefix_boundaries(exits: list[dict] | None, num_layers: int) -> list[int]:
+    """The layer counts of the prefix exits (layers ``0..k-1``, any widths) shorter than the model."""
+    out = set()
+    for e in exits or []:
+        layers = list(e.get("layers") or [])
+        if layers and layers == list(range(len(layers))) and len(layers) < num_layers:
+            out.add(len(layers))
+    return sorted(out)
+
+
+def exit_layout(plan: Plan, exits: list[dict] | None):
+    """The exit-aligned shard layout of ``plan``'s output for ``exits`` (None when no prefix exit is
+    shorter than the model: the plain layout)."""
+    from ..arch.registry import get_family, resolve_family
+    from ..errors import ArchitectureError
+    from ..io.writer import exit_aligned_layout
+
+    n = len(plan.kept_layers)
+    ends = prefix_boundaries(exits, n)
+    if not ends:
+        return None
+    try:
+        family = get_family(plan.family)
+    except (ArchitectureError, KeyError):  # an inferred family: find it again from the output
+        family = resolve_family(plan.config.get("text_config") or plan.config, [t.name for t in plan.tensors])
+
+    def layer_of(name: str) -> int | None:
+        split = family.split_layer_name(name)
+        return split[0] if split else None
+
+    return exit_aligned_layout(layer_of, [*ends, n])
 
 
 def save_merged(model, source: str | Path, out: str | Path, *, operation: str = "heal", dtype: str | None = None,

@@ -44,6 +44,31 @@ def layout_shards(tensors: Sequence[OutTensor], max_shard_bytes: int) -> list[li
     return shards
 
 
+def exit_aligned_layout(layer_of: Callable[[str], int | None], boundaries: Sequence[int]):
+    """A shard layout (``(tensors, max_shard_bytes) -> shards``) in which the shared tensors (those
+    ``layer_of`` maps to None: embedding, final norm, LM head) fill the first file(s) and every
+    boundary ``k`` (an exit's layer count) falls between two files: the shared files plus the files
+    holding layers ``< k`` are exactly the tensors of the first ``k`` layers, so an exit's folder can
+    be made of hard links (``surgeon view``). Within a group, shards are split at ``max_shard_bytes``."""
+    import bisect
+
+    ends = sorted(set(int(b) for b in boundaries))
+
+    def layout(tensors: Sequence[OutTensor], max_shard_bytes: int) -> list[list[OutTensor]]:
+        shared = [t for t in tensors if layer_of(t.name) is None]
+        groups: dict[int, list[OutTensor]] = {}
+        for t in tensors:
+            i = layer_of(t.name)
+            if i is not None:
+                groups.setdefault(bisect.bisect_right(ends, i), []).append(t)
+        shards = layout_shards(shared, max_shard_bytes) if shared else []
+        for g in sorted(groups):
+            shards.extend(layout_shards(groups[g], max_shard_bytes))
+        return shards or [[]]
+
+    return layout
+
+
 def shard_names(n: int) -> list[str]:
     if n == 1:
         return ["model.safetensors"]
@@ -193,14 +218,17 @@ def write_shards(
     metadata: dict[str, str] | None = None,
     reserve: int = 0,
     single_file_metadata: dict[str, str] | None = None,
+    layout: Callable | None = None,
 ) -> tuple[list[str], dict[str, str], list[WrittenFile]]:
     """Write ``tensors`` into shards under ``folder``. ``write_data(t, fileobj)`` writes ``t.nbytes`` bytes.
 
     ``single_file_metadata`` is added to the header's ``__metadata__`` when everything fits one file.
+    ``layout``: how tensors are split into files (default :func:`layout_shards`; see
+    :func:`exit_aligned_layout`).
     Returns (file names, weight_map, the files as written with their sha256). A single shard is
     ``model.safetensors``; more get an index written by the caller (see :func:`write_index`).
     """
-    shards = layout_shards(tensors, max_shard_bytes)
+    shards = (layout or layout_shards)(tensors, max_shard_bytes)
     names = shard_names(len(shards))
     if len(shards) == 1 and single_file_metadata:
         metadata = {**(metadata or {}), **single_file_metadata}

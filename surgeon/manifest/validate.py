@@ -26,7 +26,8 @@ WIDTH_KEYS = ("ffn", "heads", "kv_heads")
 
 KEYS = {
     "top": ({"format", "format_version", "generator", "base", "exits"},
-            {"required_features", "provenance", "weights"}),
+            {"required_features", "provenance", "weights", "view"}),
+    "view": ({"source", "exit", "source_config_sha256"}, set()),
     "generator": ({"name", "version"}, set()),
     "base": ({"architecture", "model_type", "num_layers", "hidden_size", "vocab_size", "tie_word_embeddings",
               "config_sha256", "tensors"}, set()),
@@ -170,6 +171,12 @@ def validate_manifest(data: Any, header_copy: bool = False) -> list[str]:
 
     if "provenance" in data and not isinstance(data["provenance"], dict):
         _fail("provenance", "must be an object")
+    if "view" in data:  # this checkpoint is one exit of another (surgeon view), SPEC §4
+        view = _keys(data["view"], "view", "view", warnings)
+        _str(view["source"], "view.source")
+        if not isinstance(view["exit"], str) or not _NAME.match(view["exit"]):
+            _fail("view.exit", f"must be an exit name, not {view['exit']!r}")
+        _sha(view["source_config_sha256"], "view.source_config_sha256")
     if "weights" in data:
         w = _keys(data["weights"], "weights", "weights", warnings)
         if not isinstance(w["files"], list) or not w["files"]:

@@ -54,10 +54,11 @@ class Finalize(Protocol):
         """Runs last inside the temp folder, with every weight file's size and sha256."""
 
 
-def planned_checkpoint(folder: Path, config: dict, outs: list[OutTensor], max_shard_bytes: int) -> Checkpoint:
+def planned_checkpoint(folder: Path, config: dict, outs: list[OutTensor], max_shard_bytes: int,
+                       layout: Callable | None = None) -> Checkpoint:
     """The output as a :class:`Checkpoint` before it exists: its config, and each tensor's dtype, shape,
     size and file (offsets count from the start of each file's data, the header not yet known)."""
-    shards = layout_shards(outs, max_shard_bytes)
+    shards = (layout or layout_shards)(outs, max_shard_bytes)
     files = shard_names(len(shards))
     tensors = {}
     for fname, shard in zip(files, shards):
@@ -104,6 +105,8 @@ def execute(
     progress: Progress | None = None,
     extra_files: dict[str, bytes] | None = None,
     finalize: Finalize | None = None,
+    layout: Callable | None = None,
+    replace_source: bool = False,
 ) -> ExecuteResult:
     """Write the checkpoint described by ``plan`` to ``out`` (atomically).
 
@@ -111,7 +114,10 @@ def execute(
     before the cast, e.g. a merged LoRA update. ``extra_provenance`` is merged into the provenance
     entry for this operation (chosen block, distances, losses, ...). ``finalize`` (a
     :class:`Finalize`) adds header metadata before the shards are written and finishes the folder
-    after (see module doc).
+    after (see module doc). ``layout`` splits the tensors into files (default: in order, at
+    ``max_shard_bytes``; :func:`surgeon.io.writer.exit_aligned_layout` for outputs that declare exits).
+    ``replace_source``: ``out`` is the source folder itself, rewritten (the source is read to the end
+    into a temp folder, which then replaces it in one rename; an interrupted run leaves it as it was).
     """
     t0 = time.time()
     src = Path(plan.source)
@@ -134,7 +140,7 @@ def execute(
         if progress:
             progress(done, total, t.name)
 
-    with atomic_output(out, src, force) as tmp:
+    with atomic_output(out, None if replace_source else src, force or replace_source) as tmp:
         (tmp / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for name in ckpt.side_files():
             shutil.copy2(ckpt.path / name, tmp / name)
@@ -148,9 +154,9 @@ def execute(
         chain = write_chain(tmp, src, entry)
         meta = {}
         if finalize is not None:
-            meta = finalize.header(planned_checkpoint(tmp, plan.config, outs, max_shard_bytes), chain) or {}
+            meta = finalize.header(planned_checkpoint(tmp, plan.config, outs, max_shard_bytes, layout), chain) or {}
         files, weight_map, written = write_shards(tmp, outs, write_data, max_shard_bytes, {"format": "pt"},
-                                                  HEADER_RESERVE, single_file_metadata=meta)
+                                                  HEADER_RESERVE, single_file_metadata=meta, layout=layout)
         if len(files) > 1:
             write_index(tmp, weight_map, total, meta)
         if finalize is not None:
