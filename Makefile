@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.surgeon-installed
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install demo test test-slow test-runtimes bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# the downstream runtimes, each in its own venv under ~/.cache/surgeon/runtimes (built once, ~8 min)
+test-runtimes: $(STAMP)
+	bash benchmarks/runtimes/setup.sh
+	$(PY) -m pytest -q -m runtimes -s
 
 bench: $(STAMP)
 	for b in benchmarks/[a-z]*.py; do $(PY) $$b || exit 1; done
