@@ -135,7 +135,7 @@ def _link(ckpt: Checkpoint, manifest: dict | None, choice, files: list[str], out
     from ..manifest.build import build_manifest
     from ..manifest.model import HEADER_KEY
     from ..manifest.store import header_value, write_manifest
-    from ..provenance import PROVENANCE_FILE
+    from ..provenance import PROVENANCE_FILE, operation, sha256_json, write_chain
 
     layers = list(choice.layers)
     k = len(layers)
@@ -165,14 +165,13 @@ def _link(ckpt: Checkpoint, manifest: dict | None, choice, files: list[str], out
                   and not (len(e["layers"]) == k and e.get("widths"))]
         if not any(e["name"] == choice.name for e in nested):
             nested.append({"name": choice.name, "layers": list(range(k))})
-        from ..provenance import operation, write_chain
 
         provenance = write_chain(tmp, ckpt.path, operation("view", ckpt.path.resolve(), {"exit": choice.name},
                                                            layers=k, linked=files))
         m = build_manifest(view_ckpt, nested, provenance)
         m["view"] = {"source": str(ckpt.path.resolve()), "exit": choice.name,
                      "source_config_sha256": (manifest or {}).get("base", {}).get("config_sha256")
-                     or _config_sha(ckpt.config)}
+                     or sha256_json(ckpt.config)}
         index["metadata"][HEADER_KEY] = header_value(m)  # the header copy lives in the index: linked files stay untouched
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         known = {w["name"]: w for w in ((manifest or {}).get("weights") or {}).get("files", [])}
@@ -198,9 +197,3 @@ def _prefix_config(ckpt: Checkpoint, k: int) -> dict:
     from ..manifest.build import exit_plan
 
     return exit_plan(ckpt, list(range(k)), None).config
-
-
-def _config_sha(config: dict) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

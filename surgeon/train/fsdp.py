@@ -245,7 +245,7 @@ def gather_trained(model, main: bool, full_dtype=None) -> dict | None:
     import torch
     from torch.distributed.tensor import DTensor
 
-    from .model import unwrap
+    from .model import is_lora_param, unwrap
 
     out: dict = {}
     with torch.no_grad():
@@ -254,7 +254,6 @@ def gather_trained(model, main: bool, full_dtype=None) -> dict | None:
                 continue
             full = p.full_tensor() if isinstance(p, DTensor) else p.detach()
             if main:
-                lora = ".lora_A." in name or ".lora_B." in name
-                out[name] = full.to("cpu", torch.float32 if lora or full_dtype is None else full_dtype)
+                out[name] = full.to("cpu", torch.float32 if is_lora_param(name) or full_dtype is None else full_dtype)
             del full
     return out if main else None
