@@ -27,7 +27,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError
+from .arch.skeleton import checked_tensor, meta_model
 
 log = logging.getLogger(__name__)
 
@@ -38,38 +38,6 @@ def _set_param(root, name: str, tensor) -> None:
     mod_name, _, pname = name.rpartition(".")
     mod = root.get_submodule(mod_name) if mod_name else root
     mod._parameters[pname] = torch.nn.Parameter(tensor, requires_grad=False)
-
-
-def meta_model(path: str | Path, dtype, device):
-    """``(checkpoint, family, model)``: the checkpoint's causal LM with empty (meta) parameters in
-    ``dtype`` and its real buffers (rotary tables) on ``device``; weights are assigned by the caller."""
-    import torch
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from .arch.registry import resolve_family
-    from .io.checkpoint import Checkpoint
-
-    ckpt = Checkpoint.open(path)
-    config = AutoConfig.from_pretrained(str(path))
-    with init_empty_weights(include_buffers=False):  # buffers (rotary inv_freq) stay real
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    for name, buf in list(model.named_buffers()):
-        mod_name, _, bname = name.rpartition(".")
-        (model.get_submodule(mod_name) if mod_name else model)._buffers[bname] = buf.to(torch.device(device))
-    return ckpt, resolve_family(ckpt.text_config, ckpt.tensors), model.eval()
-
-
-def checked_tensor(ckpt, name: str, shape) -> object:
-    """Tensor ``name`` of ``ckpt``, which must exist with the ``shape`` the config implies."""
-    if name not in ckpt.tensors:
-        raise CheckpointError(f"{ckpt.path} has no tensor {name}", "the checkpoint does not match its config.json; "
-                              "re-export it")
-    t = ckpt.get_tensor(name)
-    if tuple(t.shape) != tuple(shape):
-        raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)}, the config implies {tuple(shape)}",
-                              "the checkpoint does not match its config.json")
-    return t
 
 
 @dataclass

@@ -108,9 +108,9 @@ def load_sharded(path: str | Path, setup, family, device):
     import torch
     from torch.distributed.tensor import DTensor, distribute_tensor
 
+    from ..arch.skeleton import checked_tensor, meta_model
     from ..devices import compute_dtype
     from ..memory import trim
-    from ..offload import checked_tensor, meta_model
     from .merge import PEFT_PREFIX
     from .model import is_lora_param, lora_config, lora_init_value, resolve_targets, unwrap
 

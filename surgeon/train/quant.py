@@ -24,8 +24,8 @@ def load_nf4(path: str | Path, device, compute_dtype, progress=None):
     import bitsandbytes as bnb
     import torch
 
+    from ..arch.skeleton import checked_tensor, meta_model
     from ..memory import trim
-    from ..offload import checked_tensor, meta_model
 
     device = torch.device(device)
     ckpt, family, model = meta_model(path, compute_dtype, device)
