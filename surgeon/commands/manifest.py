@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
-from ..exits import parse_exits
+from ..exits import parse_exits, prefix_depth
 from ..io.checkpoint import Checkpoint
 from ..manifest.build import build_manifest, normalize_exits, quality_records
 from ..manifest.check import ValidationReport, check_checkpoint
@@ -176,7 +176,7 @@ def show(opts: ShowOptions) -> dict:
     base = Checkpoint.open(opts.path).config
     out = {}
     for e in chosen:
-        if e.get("widths") or e["layers"] != list(range(len(e["layers"]))):
+        if e.get("widths") or prefix_depth(e["layers"]) is None:
             if opts.exit:
                 raise UsageError(f"exit {e['name']!r} is not a full-width prefix: config overrides cannot slice tensors "
                                  "or skip middle layers", f"extract it: surgeon extract {opts.path} --exit {e['name']} -o DIR")

@@ -40,12 +40,10 @@ def write_output(plan: Plan, out: str | Path, *, force: bool = False, max_shard_
 
 def prefix_boundaries(exits: list[dict] | None, num_layers: int) -> list[int]:
     """The layer counts of the prefix exits (layers ``0..k-1``, any widths) shorter than the model."""
-    out = set()
-    for e in exits or []:
-        layers = list(e.get("layers") or [])
-        if layers and layers == list(range(len(layers))) and len(layers) < num_layers:
-            out.add(len(layers))
-    return sorted(out)
+    from ..exits import prefix_depth
+
+    depths = {prefix_depth(e.get("layers") or []) for e in exits or []}
+    return sorted(k for k in depths if k is not None and k < num_layers)
 
 
 def exit_layout(plan: Plan, exits: list[dict] | None):

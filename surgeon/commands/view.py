@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OutputError, UsageError
+from ..exits import exit_name, prefix_depth
 from ..io.checkpoint import Checkpoint
 from ..options import opt
 from ..progress import Progress
@@ -100,8 +101,6 @@ def run(opts: ViewOptions, progress: Progress | None = None) -> ViewResult:
     ckpt = Checkpoint.open(opts.model)
     manifest, choice = _source_exit(ckpt, opts.exit)
     if choice.name is None:
-        from ..exits import exit_name
-
         choice = type(choice)(exit_name(len(choice.layers)), list(choice.layers), choice.widths)
     out = Path(opts.output)
     check_output(out, ckpt.path, opts.force)
@@ -110,7 +109,7 @@ def run(opts: ViewOptions, progress: Progress | None = None) -> ViewResult:
     files = None
     if choice.widths:
         reason = "the exit has widths: its tensors are sliced"
-    elif layers != list(range(len(layers))):
+    elif prefix_depth(layers) is None:
         reason = "the exit is not a prefix: its layers are renumbered"
     else:
         files, reason = exit_files(ckpt, layers)
@@ -161,7 +160,7 @@ def _link(ckpt: Checkpoint, manifest: dict | None, choice, files: list[str], out
         nested = [{"name": e["name"], "layers": list(e["layers"]), **({"widths": e["widths"]} if e.get("widths") else {}),
                    "quality": [q for q in e.get("quality") or [] if "reference" not in q]}
                   for e in (manifest or {}).get("exits", [])
-                  if e["layers"] == list(range(len(e["layers"]))) and len(e["layers"]) <= k
+                  if 0 < (prefix_depth(e["layers"]) or 0) <= k  # the prefixes up to this exit
                   and not (len(e["layers"]) == k and e.get("widths"))]
         if not any(e["name"] == choice.name for e in nested):
             nested.append({"name": choice.name, "layers": list(range(k))})

@@ -114,10 +114,7 @@ class HashingWriter:
     def write(self, data) -> int:
         mv = memoryview(data).cast("B")
         job = self._pool.submit(self._h.update, mv)  # hashed while it is written; caller keeps data alive
-        view, left = mv, len(mv)
-        while left:
-            k = os.write(self._fd, view)
-            view, left = view[k:], left - k
+        self._write_all(mv)
         job.result()
         self.bytes += len(mv)
         return len(mv)
@@ -151,7 +148,7 @@ class HashingWriter:
         self.bytes += nbytes
 
     def _write_all(self, data) -> None:
-        view = memoryview(data)
+        view = memoryview(data).cast("B")
         while len(view):
             view = view[os.write(self._fd, view):]
 
@@ -172,10 +169,9 @@ class HashingWriter:
     def tell(self) -> int:
         return self.bytes
 
-    def close(self, sync: bool = True) -> None:
+    def close(self) -> None:
         """Queue the fsync (behind the hashing) and the close; returns without waiting."""
-        if sync:
-            self._jobs.append(self._pool.submit(os.fsync, self._fd))
+        self._jobs.append(self._pool.submit(os.fsync, self._fd))
         self._jobs.append(self._pool.submit(self._close_fd))
         self._pool.shutdown(wait=False)
 
@@ -264,21 +260,9 @@ def write_index(folder: Path, weight_map: dict[str, str], total_size: int, metad
     )
 
 
-def copy_range(src_path: Path, begin: int, nbytes: int, out) -> None:
-    """Copy ``nbytes`` from ``src_path`` at ``begin`` into ``out`` (a :class:`HashingWriter`: in the
-    kernel; any other file object: in chunks)."""
-    if isinstance(out, HashingWriter):
-        out.copy_from(src_path, begin, nbytes)
-        return
-    with open(src_path, "rb") as f:
-        f.seek(begin)
-        left = nbytes
-        while left:
-            chunk = f.read(min(COPY_CHUNK, left))
-            if not chunk:
-                raise CheckpointError(f"{src_path.name} ended early while copying", "the source is truncated; re-download it")
-            out.write(chunk)
-            left -= len(chunk)
+def copy_range(src_path: Path, begin: int, nbytes: int, out: HashingWriter) -> None:
+    """Copy ``nbytes`` from ``src_path`` at ``begin`` into ``out`` (see :meth:`HashingWriter.copy_from`)."""
+    out.copy_from(src_path, begin, nbytes)
 
 
 def write_tensor(t, out) -> None:
