@@ -36,10 +36,6 @@ class GgufLayersResult:
     reason: str
 
 
-def _field_value(field):
-    return field.contents()
-
-
 def layer_pattern(config: dict) -> list[bool]:
     """Per layer: True for sliding-window attention, from ``layer_types``."""
     cfg = config.get("text_config") or config
@@ -50,26 +46,30 @@ def layer_pattern(config: dict) -> list[bool]:
     return [t == "sliding_attention" for t in types]
 
 
-def missing_layer_metadata(gguf_path: str | Path, config: dict) -> tuple[str, dict]:
-    """``(architecture, {key: value})`` of the per-layer metadata the file lacks (empty: nothing)."""
+def open_gguf(gguf_path: str | Path):
     import gguf
 
     try:
-        reader = gguf.GGUFReader(str(gguf_path))
+        return gguf.GGUFReader(str(gguf_path))
     except (ValueError, OSError) as e:
         raise CheckpointError(f"cannot read {gguf_path} as GGUF: {e}", "give a .gguf file written by llama.cpp") from None
-    arch = _field_value(reader.fields["general.architecture"]) if "general.architecture" in reader.fields else "?"
+
+
+def missing_layer_metadata(gguf_path: str | Path, config: dict, reader=None) -> tuple[str, dict]:
+    """``(architecture, {key: value})`` of the per-layer metadata the file lacks (empty: nothing)."""
+    reader = reader or open_gguf(gguf_path)
+    arch = reader.fields["general.architecture"].contents() if "general.architecture" in reader.fields else "?"
     if arch not in SWA_PATTERN_ARCHS:
         return arch, {}
     pattern = layer_pattern(config)
     blocks = reader.fields.get(f"{arch}.block_count")
-    if blocks is not None and int(_field_value(blocks)) != len(pattern):
-        raise UsageError(f"{gguf_path} has {int(_field_value(blocks))} layers, config.json {len(pattern)}",
+    if blocks is not None and int(blocks.contents()) != len(pattern):
+        raise UsageError(f"{gguf_path} has {int(blocks.contents())} layers, config.json {len(pattern)}",
                          "give the folder this GGUF was converted from")
     key = f"{arch}.attention.sliding_window_pattern"
     field = reader.fields.get(key)
     if field is not None:
-        have = _field_value(field)
+        have = field.contents()
         if isinstance(have, list) and [bool(x) for x in have] == pattern:
             return arch, {}
         if isinstance(have, list):
@@ -96,10 +96,10 @@ def add_layer_metadata(gguf_path: str | Path, model: str | Path, output: str | P
                               "converted from") from None
     if output.resolve() == gguf_path.resolve():
         raise UsageError("the output is the input GGUF", "write the fixed file to another path (-o)")
-    arch, missing = missing_layer_metadata(gguf_path, config)
+    reader = open_gguf(gguf_path)
+    arch, missing = missing_layer_metadata(gguf_path, config, reader)
     if not missing:
         return GgufLayersResult(str(gguf_path), None, arch, {}, f"{arch}: nothing per-layer is missing")
-    reader = gguf.GGUFReader(str(gguf_path))
     tmp = output.with_name(f".{output.name}.surgeon-tmp-{os.getpid()}")
     try:
         writer = gguf.GGUFWriter(str(tmp), arch=arch, endianess=reader.endianess)
