@@ -232,6 +232,9 @@ class RecipeOptions:
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward (less memory, ~30% slower).")
     fsdp: bool = opt(False, "Shard parameters, gradients and optimizer state over the launched processes (PyTorch "
                             "FSDP2); launch with torchrun --nproc_per_node N -m surgeon ...")
+    fsdp_offload: bool = opt(False, "With --fsdp: keep the sharded parameters, gradients and AdamW state in CPU "
+                                    "memory (FSDP2 CPUOffloadPolicy; the optimizer step runs on the CPU), for "
+                                    "models whose shards do not fit the GPUs.")
 
     def check_recipe(self) -> None:
         """Resolve the default ``quant`` and validate every recipe field (builds the typed settings)."""
@@ -243,6 +246,9 @@ class RecipeOptions:
             raise UsageError(f"--seq-len must be at least 2 (got {self.seq_len})", "use e.g. --seq-len 1024")
         if self.eval_samples < 0 or self.eval_batch_size < 1:
             raise UsageError("--eval-samples must be >= 0 and --eval-batch-size >= 1", "use e.g. --eval-samples 32")
+        if self.fsdp_offload and not self.fsdp:
+            raise UsageError("--fsdp-offload offloads FSDP2's shards, and --fsdp is not given",
+                             "add --fsdp (launched with torchrun --nproc_per_node N), or drop --fsdp-offload")
         if self.fsdp:
             from .train.fsdp import check_setup, require_launch
 

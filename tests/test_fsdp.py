@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from surgeon.testing import corpus, load_weights
+from surgeon.testing import corpus, load_model, load_weights
 from tests.conftest import run_cli
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
@@ -93,6 +93,45 @@ def test_fsdp_full_soft_equals_one_process(tiny_models, text, tmp_path, family, 
     assert [e["name"] for e in m["exits"]] == ["depth-2", "depth-4", "depth-6"]
 
 
+def test_fsdp_offload_without_fsdp_is_a_one_line_error(tiny_models, text, tmp_path):
+    r = run_cli("soft", tiny_models["llama"], "--data", text, "-o", tmp_path / "o", "--method", "full",
+                "--fsdp-offload")
+    line = r.stderr.strip()
+    assert r.exit_code != 0 and "\n" not in line and line.startswith("error: --fsdp-offload") and "add --fsdp" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("offload", [True, False])
+def test_fsdp_offload_policy_reaches_every_unit(tiny_models, offload):
+    """Built as --fsdp builds it: with --fsdp-offload every FSDP unit (layers, embedding, head + norm,
+    root) holds a CPUOffloadPolicy, else none does; the rotary buffers carry transformers' values."""
+    p = torchrun(WORKER, "shard", json.dumps({"model": str(tiny_models["llama"]), "offload": offload}))
+    expected = {n: b.double().sum().item() for n, b in load_model(tiny_models["llama"]).named_buffers()}
+    report = json.loads(next(x for x in p.stdout.splitlines() if x.startswith("SHARD "))[len("SHARD "):])
+    units = report["units"]
+    assert report["world"] == 2 and len(units) == 6 + 3  # 6 layers, embedding, head + norm, root
+    assert set(units.values()) == {"CPUOffloadPolicy" if offload else "OffloadPolicy"}
+    assert report["param_devices"] == ["cpu"]
+    assert expected and report["buffers"].keys() == expected.keys()
+    assert all(on == "cpu" and total == pytest.approx(expected[n]) for n, (on, total) in report["buffers"].items())
+
+
+def test_fsdp_offload_soft_equals_one_process(tiny_models, text, tmp_path):
+    """--fsdp-offload (shards, gradients and AdamW state in CPU memory, the optimizer step on the CPU)
+    trains the one-process run's weights; Gemma 3's tied head, with a sharded checkpoint written."""
+    src = tiny_models["gemma3_text"]
+    args = ["--data", text, "--method", "full", "--exits", "2,4,6", *TRAIN]
+    torchrun("-m", "surgeon", "soft", src, "-o", tmp_path / "fsdp", *args, "--fsdp", "--fsdp-offload",
+             "--save-every", "2")
+    assert run_cli("soft", src, "-o", tmp_path / "one", *args, "--grad-accum", "2").exit_code == 0
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "fsdp")
+    diff, moved = max_diff(a, b), max_diff(a, weights(src))
+    print(f"offload: FSDP x2 vs 1 process max |diff| {diff:.2e} (training moved weights by {moved:.2e})")
+    assert diff <= TOL and moved > 20 * diff
+    opts = json.loads((tmp_path / "fsdp" / "surgeon_provenance.json").read_text())["operations"][-1]["options"]
+    assert opts["fsdp"] and opts["fsdp_offload"]
+
+
 def test_fsdp_lora_heal_equals_one_process(tiny_models, text, tmp_path):
     """LoRA (peft) on a float base, sharded: the merged output and the saved adapter equal the
     one-process run's (dropout off: its masks are drawn per process)."""
@@ -162,4 +201,22 @@ def test_fsdp_on_gpus_trains_in_bf16_and_matches_one_gpu(tiny_models, text, tmp_
     a, b = weights(tmp_path / "one"), weights(tmp_path / "fsdp")
     diff, moved = max_diff(a, b), max_diff(a, weights(src))
     print(f"GPU FSDP x{n} vs 1 GPU: max |diff| {diff:.2e} (moved {moved:.2e})")
+    assert diff < 0.25 * moved
+
+
+@pytest.mark.gpu
+def test_fsdp_offload_on_gpus_matches_fsdp_without_offload(tiny_models, text, tmp_path):
+    """On a GPU machine: --fsdp-offload (gloo beside NCCL, CPU shards gathered on the GPU for the
+    output) writes what the GPU-resident --fsdp run writes, up to bf16 rounding."""
+    n = min(2, torch.cuda.device_count())
+    src = tiny_models["llama"]
+    args = ["--data", text, "--method", "full", "--exits", "3,6", *TRAIN, "--device", "cuda", "--fsdp"]
+    for name, extra in (("gpu", []), ("offload", ["--fsdp-offload", "--save-every", "2"])):
+        cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(n), "--master_port",
+               str(_port()), "-m", "surgeon", "soft", str(src), "-o", str(tmp_path / name), *map(str, args), *extra]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=600)
+        assert p.returncode == 0, p.stderr[-4000:]
+    a, b = weights(tmp_path / "gpu"), weights(tmp_path / "offload")
+    diff, moved = max_diff(a, b), max_diff(a, weights(src))
+    print(f"GPU FSDP x{n} offload vs on-GPU shards: max |diff| {diff:.2e} (moved {moved:.2e})")
     assert diff < 0.25 * moved

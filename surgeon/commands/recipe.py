@@ -101,7 +101,8 @@ class Recipe:
 
         opts, report = self.opts, self.report
         wanted = resolve_device(opts.device)  # a device the machine lacks fails here, before anything loads
-        state = distributed_state(cpu=wanted.type == "cpu")  # joins multi-process launches (DDP; gloo on CPU)
+        # joins multi-process launches (DDP; gloo on CPU; gloo beside NCCL for FSDP's CPU-offloaded shards)
+        state = distributed_state(cpu=wanted.type == "cpu", cpu_collectives=opts.fsdp_offload)
         # one process: the device asked for; several: each rank's own accelerator (or the CPU)
         device = wanted if state.num_processes == 1 else state.device
         main = state.is_main_process
@@ -134,7 +135,7 @@ class Recipe:
         if opts.fsdp:  # built sharded: no process ever holds the whole model
             from ..train.fsdp import load_sharded
 
-            model = load_sharded(opts.model, setup, family, device)
+            model = load_sharded(opts.model, setup, family, device, offload=opts.fsdp_offload)
         else:
             model = load_trainable(opts.model, setup, family, device=device)
         loss_fn = self.loss_fn(device)

@@ -26,6 +26,12 @@ The engine is PyTorch's own; this module only says how surgeon uses it:
   (LoRA adapters in fp32, fully trained weights in the output's dtype: 2 bytes per parameter at
   bf16) and streams the merged checkpoint through the usual writer.
 
+- **CPU offload** (``--fsdp-offload``): ``CPUOffloadPolicy`` keeps every unit's shards of the parameters,
+  gradients and AdamW state in (pinned) CPU memory; FSDP2 copies a unit to the GPU for its forward and
+  backward, and the optimizer step runs on the CPU. GPU processes then launch with gloo beside NCCL
+  (``cuda:nccl,cpu:gloo``) for the collectives on CPU tensors (the gradient norm); gathering the output
+  moves each shard to its GPU first. This is what fits full SoFT of a 13B model on 8 x 32 GB GPUs.
+
 A 4-bit NF4 base is not sharded: bitsandbytes' ``Params4bit`` needs ``bnb_4bit_quant_storage`` and a
 GPU to live under FSDP, and that path has not been tested here, so ``--fsdp --quant nf4`` is refused
 with a one-line error.
@@ -76,15 +82,18 @@ def mixed_precision(device):
     return None
 
 
-def shard(model, family, device):
+def shard(model, family, device, offload: bool = False):
     """``fully_shard`` every decoder layer of ``model`` (a transformers or peft model), then the root.
-    Returns the root (the same object, now an ``FSDPModule``)."""
-    from torch.distributed.fsdp import fully_shard
+    ``offload``: every unit keeps its shards in CPU memory (``CPUOffloadPolicy``). Returns the root
+    (the same object, now an ``FSDPModule``)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 
     from .model import unwrap
 
     mp = mixed_precision(device)
     kwargs = {"mp_policy": mp} if mp is not None else {}
+    if offload:  # pinned host memory makes the host-to-GPU copies asynchronous
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
     base = unwrap(model, peft=True)
     embed, head = base.get_submodule(family.embed), base.get_submodule(family.lm_head)
     if embed.weight is not head.weight:  # untied: the embedding and the head are units of their own
@@ -99,12 +108,14 @@ def shard(model, family, device):
     return model
 
 
-def load_sharded(path: str | Path, setup, family, device):
+def load_sharded(path: str | Path, setup, family, device, offload: bool = False):
     """The checkpoint at ``path`` trainable as ``setup`` says (full fine-tuning, or LoRA on the float
     base), sharded over the launched processes, never whole on any of them: the model is built with
     empty (meta) parameters, sharded, given this process's storage (``to_empty``), and then each
     tensor is read from the checkpoint one at a time and only this process's slice kept. LoRA
-    adapters get :func:`surgeon.train.model.lora_init_value` (the one-process run's values)."""
+    adapters get :func:`surgeon.train.model.lora_init_value` (the one-process run's values).
+    ``offload``: the shards live in CPU memory (FSDP2 copies each unit to ``device`` for its forward
+    and backward); buffers (rotary tables), which FSDP does not manage, live on ``device``."""
     import torch
     from torch.distributed.tensor import DTensor, distribute_tensor
 
@@ -134,13 +145,14 @@ def load_sharded(path: str | Path, setup, family, device):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
             model.enable_input_require_grads()
         model = get_peft_model(model, lora_config(setup, targets))
-    buffers = dict(unwrap(model).named_buffers())  # real values (rotary tables); to_empty drops them
-    shard(model, family, device)
-    model.to_empty(device=device)
+    buffers = dict(unwrap(model).named_buffers(remove_duplicate=False))  # real values (rotary tables); to_empty drops them
+    shard(model, family, device, offload)
+    model.to_empty(device="cpu" if offload else device)
     base = unwrap(model)
     with torch.no_grad():
         for name, b in buffers.items():
-            base.get_buffer(name).copy_(b)
+            owner, _, key = name.rpartition(".")
+            base.get_submodule(owner)._buffers[key] = b.to(device)  # the compute device, also when offloaded
         for i, (name, p) in enumerate(base.named_parameters()):  # a tied head comes once, as the embedding
             if is_lora_param(name):
                 full = lora_init_value(name, p.shape, setup.seed)
@@ -252,6 +264,8 @@ def gather_trained(model, main: bool, full_dtype=None) -> dict | None:
         for name, p in unwrap(model).named_parameters():
             if not p.requires_grad:
                 continue
+            if isinstance(p, DTensor) and p.device.type != p.device_mesh.device_type:
+                p = p.to(p.device_mesh.device_type)  # a CPU-offloaded shard is gathered on its GPU
             full = p.full_tensor() if isinstance(p, DTensor) else p.detach()
             if main:
                 out[name] = full.to("cpu", torch.float32 if is_lora_param(name) or full_dtype is None else full_dtype)

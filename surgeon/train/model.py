@@ -42,12 +42,20 @@ def use_cpu_processes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
-def distributed_state(cpu: bool = False):
+def distributed_state(cpu: bool = False, cpu_collectives: bool = False):
     """accelerate's ``PartialState`` for this process (one CPU, one GPU, or one DDP rank); ``cpu=True``
-    keeps the process on the CPU even when an accelerator is present."""
+    keeps the process on the CPU even when an accelerator is present. ``cpu_collectives=True`` (FSDP2
+    with CPU offload: gradient norms and gathers of CPU shards) launches GPU processes with gloo for
+    CPU tensors beside NCCL (``cuda:nccl,cpu:gloo``, as accelerate does for its own FSDP offload)."""
+    import os
+
+    import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=cpu or use_cpu_processes())
+    cpu = cpu or use_cpu_processes()
+    if cpu_collectives and not cpu and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return PartialState(backend="cuda:nccl,cpu:gloo")
+    return PartialState(cpu=cpu)
 
 
 def default_device():
