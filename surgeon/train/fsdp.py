@@ -152,7 +152,7 @@ def load_sharded(path: str | Path, setup, family, device, offload: bool = False)
     with torch.no_grad():
         for name, b in buffers.items():
             owner, _, key = name.rpartition(".")
-            base.get_submodule(owner)._buffers[key] = b.to(device)  # the compute device, also when offloaded
+            setattr(base.get_submodule(owner), key, b.to(device))  # on the compute device, also when offloaded
         for i, (name, p) in enumerate(base.named_parameters()):  # a tied head comes once, as the embedding
             if is_lora_param(name):
                 full = lora_init_value(name, p.shape, setup.seed)
