@@ -74,21 +74,26 @@ def test_fsdp_refuses_what_it_cannot_shard(tiny_models, text, tmp_path, monkeypa
     assert r.exit_code != 0 and message in r.stderr and "\n" not in r.stderr.strip()
 
 
-@pytest.mark.parametrize("family, extra", [("llama", []), ("gemma3_text", ["--gradient-checkpointing"])])
-def test_fsdp_full_soft_equals_one_process(tiny_models, text, tmp_path, family, extra):
+@pytest.mark.parametrize("family, extra, sharded_extra", [
+    ("llama", [], []),
+    ("gemma3_text", ["--gradient-checkpointing"], []),
+    ("gemma3_text", [], ["--fsdp-offload", "--save-every", "2"]),
+])
+def test_fsdp_full_soft_equals_one_process(tiny_models, text, tmp_path, family, extra, sharded_extra):
     """Full-weight SoFT (exits 2,4,6, the multi-exit loss read through the shared head) sharded over
     two processes writes the weights of the one-process run; Gemma 3 ties its head to the embedding
-    and runs with activation checkpointing."""
+    and runs with activation checkpointing, or with --fsdp-offload (shards, gradients and AdamW state
+    in CPU memory, the optimizer step on the CPU) and a sharded checkpoint written."""
     src = tiny_models[family]
     args = ["--data", text, "--method", "full", "--exits", "2,4,6", *TRAIN, *extra]
-    torchrun("-m", "surgeon", "soft", src, "-o", tmp_path / "fsdp", *args, "--fsdp", "--json")
+    torchrun("-m", "surgeon", "soft", src, "-o", tmp_path / "fsdp", *args, "--fsdp", *sharded_extra, "--json")
     assert run_cli("soft", src, "-o", tmp_path / "one", *args, "--grad-accum", "2").exit_code == 0
     a, b = weights(tmp_path / "one"), weights(tmp_path / "fsdp")
     diff, moved = max_diff(a, b), max_diff(a, weights(src))
-    print(f"{family}: FSDP x2 vs 1 process max |diff| {diff:.2e} (training moved weights by {moved:.2e})")
+    print(f"{family} {sharded_extra}: FSDP x2 vs 1 process max |diff| {diff:.2e} (training moved weights by {moved:.2e})")
     assert diff <= TOL and moved > 20 * diff
-    prov = json.loads((tmp_path / "fsdp" / "surgeon_provenance.json").read_text())["operations"][-1]["soft"]
-    assert prov["processes"] == 2
+    op = json.loads((tmp_path / "fsdp" / "surgeon_provenance.json").read_text())["operations"][-1]
+    assert op["soft"]["processes"] == 2 and op["options"]["fsdp_offload"] == ("--fsdp-offload" in sharded_extra)
     m = json.loads((tmp_path / "fsdp" / "sorted_manifest.json").read_text())
     assert [e["name"] for e in m["exits"]] == ["depth-2", "depth-4", "depth-6"]
 
@@ -114,22 +119,6 @@ def test_fsdp_offload_policy_reaches_every_unit(tiny_models, offload):
     assert report["param_devices"] == ["cpu"]
     assert expected and report["buffers"].keys() == expected.keys()
     assert all(on == "cpu" and total == pytest.approx(expected[n]) for n, (on, total) in report["buffers"].items())
-
-
-def test_fsdp_offload_soft_equals_one_process(tiny_models, text, tmp_path):
-    """--fsdp-offload (shards, gradients and AdamW state in CPU memory, the optimizer step on the CPU)
-    trains the one-process run's weights; Gemma 3's tied head, with a sharded checkpoint written."""
-    src = tiny_models["gemma3_text"]
-    args = ["--data", text, "--method", "full", "--exits", "2,4,6", *TRAIN]
-    torchrun("-m", "surgeon", "soft", src, "-o", tmp_path / "fsdp", *args, "--fsdp", "--fsdp-offload",
-             "--save-every", "2")
-    assert run_cli("soft", src, "-o", tmp_path / "one", *args, "--grad-accum", "2").exit_code == 0
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "fsdp")
-    diff, moved = max_diff(a, b), max_diff(a, weights(src))
-    print(f"offload: FSDP x2 vs 1 process max |diff| {diff:.2e} (training moved weights by {moved:.2e})")
-    assert diff <= TOL and moved > 20 * diff
-    opts = json.loads((tmp_path / "fsdp" / "surgeon_provenance.json").read_text())["operations"][-1]["options"]
-    assert opts["fsdp"] and opts["fsdp_offload"]
 
 
 def test_fsdp_lora_heal_equals_one_process(tiny_models, text, tmp_path):
