@@ -18,7 +18,7 @@ from . import __version__
 PROVENANCE_FILE = "surgeon_provenance.json"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

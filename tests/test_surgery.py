@@ -242,9 +242,17 @@ def test_rewrite_opens_no_output_file_for_reading(tiny_models, tiny_sharded, tmp
 @pytest.mark.parametrize("how", ["exdev", "absent"])
 def test_rewrite_without_kernel_copy_writes_the_same_bytes(tiny_sharded, tmp_path, monkeypatch, how):
     """Raw ranges are copied in the kernel (copy_file_range); where that is refused (another file
-    system, an old kernel) or missing, the chunked copy writes the same files with the same hashes."""
+    system, an old kernel) or missing, the chunked copy writes the same files with the same hashes.
+    A small odd chunk makes every range span many chunks, in the copy and in the hashing thread; with
+    verification records off, the manifest's sha256 is the writer's own (nothing is read back)."""
     import errno
 
+    import surgeon.manifest.stamp as stamp
+    from surgeon.io import writer
+    from surgeon.manifest.check import check_checkpoint
+
+    monkeypatch.setattr(writer, "COPY_CHUNK", 4099)
+    monkeypatch.setattr(stamp, "VERIFY_MAX_PARAMETERS", 0)
     args = ["--start", "2", "--n", "2", "--max-shard-size", "200KB"]
     assert run_cli("prune", tiny_sharded, *args, "-o", tmp_path / "kernel").exit_code == 0
     if how == "exdev":
@@ -255,6 +263,8 @@ def test_rewrite_without_kernel_copy_writes_the_same_bytes(tiny_sharded, tmp_pat
         monkeypatch.delattr(os, "copy_file_range")
     assert run_cli("prune", tiny_sharded, *args, "-o", tmp_path / "chunked").exit_code == 0
     monkeypatch.undo()
+    for out in ("kernel", "chunked"):
+        assert check_checkpoint(tmp_path / out, verify=True).hashes_verified
     files = sorted(p.name for p in (tmp_path / "kernel").iterdir())
     assert files == sorted(p.name for p in (tmp_path / "chunked").iterdir())
     assert sum(f.endswith(".safetensors") for f in files) > 1

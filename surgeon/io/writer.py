@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import CheckpointError
 from .safetensors_header import read_header
 
-COPY_CHUNK = 1 << 24  # 16 MiB per read when copying raw bytes
+COPY_CHUNK = 1 << 20  # 1 MiB per read when copying or hashing raw bytes
 
 
 @dataclass(frozen=True)
