@@ -24,7 +24,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-# the downstream runtimes, each in its own venv under ~/.cache/surgeon/runtimes (built once, ~8 min)
+# the downstream runtimes, each in its own venv in the machine's cache (setup.sh --root; built once per pin set)
 test-runtimes: $(STAMP)
 	bash benchmarks/runtimes/setup.sh
 	$(PY) -m pytest -q -m runtimes -s

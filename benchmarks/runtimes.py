@@ -32,7 +32,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import write_result  # noqa: E402
 
-RUNTIMES = Path(os.environ.get("SURGEON_RUNTIMES", Path.home() / ".cache/surgeon/runtimes"))
+SETUP = Path(__file__).resolve().parent / "runtimes" / "setup.sh"
+# the machine's runtime cache, keyed by setup.sh's pins (SURGEON_RUNTIMES overrides it)
+RUNTIMES = Path(subprocess.run(["bash", str(SETUP), "--root"], capture_output=True, text=True,
+                               check=True).stdout.strip())
 WORKER = Path(__file__).resolve().parent / "runtimes" / "greedy_worker.py"
 SURGEON = [str(Path(sys.executable).with_name("surgeon"))]
 PROMPTS = [
@@ -66,18 +69,18 @@ def reference(model_dir: Path, exit: str | None, prompts: list[list[int]]) -> li
                 for ids in prompts]
 
 
-def run_worker(runtime: str, model_dir: Path, prompts, work: Path, logits: bool = False) -> dict:
+def run_batch(runtime: str, jobs: list[dict], work: Path) -> list[dict]:
+    """Every job of one runtime in ONE worker process (one start-up, vLLM's engine above all)."""
     venv = RUNTIMES / runtime
-    job = work / f"job-{runtime}-{model_dir.name}.json"
-    out = job.with_name(job.name.replace("job-", "out-"))
-    job.write_text(json.dumps({"model": str(model_dir), "prompts": prompts, "max_new": MAX_NEW, "logits": logits}))
+    path = work / f"jobs-{runtime}.json"
+    out = work / f"out-{runtime}.json"
+    path.write_text(json.dumps({"jobs": [{"max_new": MAX_NEW, "logits": False, **j} for j in jobs]}))
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                VLLM_LOGGING_LEVEL="ERROR", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     t = time.time()
-    sh(venv / "bin" / "python", WORKER, runtime, job, out, env=env)
-    res = json.loads(out.read_text())
-    res["seconds"] = round(time.time() - t, 1)
-    return res
+    sh(venv / "bin" / "python", WORKER, runtime, path, out, env=env)
+    print(f"  {runtime}: {len(jobs)} models in one process, {time.time() - t:.0f} s", flush=True)
+    return json.loads(out.read_text())["results"]
 
 
 def llamacpp_text(model_dir: Path, work: Path, fix: bool, prompts: list[str]) -> tuple[list[str], dict]:
@@ -104,8 +107,9 @@ def compare(name: str, runtime: str, got, want) -> dict:
             "got": got, "want": want}
 
 
-def smollm2_cases(work: Path, skip: set[str]) -> tuple[list[dict], dict]:
-    import numpy as np
+def smollm2_models(work: Path) -> tuple[list[dict], dict]:
+    """SmolLM2's models (name, folder, prompts, transformers' tokens, llama.cpp mode) and the MLX-LM logits
+    jobs on the import."""
     import torch
     from transformers import AutoTokenizer
 
@@ -122,49 +126,33 @@ def smollm2_cases(work: Path, skip: set[str]) -> tuple[list[dict], dict]:
     views = {}
     for e in ("depth-10", "depth-20"):
         views[e] = json.loads(surgeon("view", sorted_ckpt, "--exit", e, "-o", work / f"smol-view-{e}", "--json"))
-    models = {"pruned": (work / "smol-pruned", None), "depth20": (work / "smol-depth20", None),
-              "ffn75": (work / "smol-ffn75", None),
-              "view-depth-10": (work / "smol-view-depth-10", ("depth-10", sorted_ckpt)),
-              "view-depth-20": (work / "smol-view-depth-20", ("depth-20", sorted_ckpt))}
-    rows = []
-    for name, (folder, exit) in models.items():
-        want = reference(exit[1], exit[0], prompts) if exit else reference(folder, None, prompts)
-        for runtime in ("hf", "mlx", "vllm"):
-            if runtime in skip:
-                continue
-            rows.append(dict(compare(f"smollm2-{name}", runtime, run_worker(runtime, folder, prompts, work)["tokens"], want)))
-        if "llamacpp" not in skip and name.startswith("view"):
-            texts, _ = llamacpp_text(folder, work, False, PROMPTS)
-            rows.append(compare(f"smollm2-{name}", "llamacpp", texts, [tok.decode(w) for w in want]))
+    models = []
+    for name, folder, exit in (("pruned", "smol-pruned", None), ("depth20", "smol-depth20", None),
+                               ("ffn75", "smol-ffn75", None), ("view-depth-10", "smol-view-depth-10", "depth-10"),
+                               ("view-depth-20", "smol-view-depth-20", "depth-20")):
+        want = reference(sorted_ckpt, exit, prompts) if exit else reference(work / folder, None, prompts)
+        models.append({"name": f"smollm2-{name}", "folder": work / folder, "prompts": prompts, "want": want,
+                       "text": [tok.decode(w) for w in want], "llamacpp": "plain" if exit else None})
     # MLX-LM's logits on the import, with and without the v4 rope_theta key
-    mlx = {}
-    if "mlx" not in skip:
-        import surgeon as sg
+    import surgeon as sg
 
-        model = sg.load(src)
-        with torch.no_grad():
-            ref = [model(torch.tensor([ids])).logits[0].numpy() for ids in prompts]
-        stripped = work / "smol-v5-only"
-        shutil.copytree(src, stripped)
-        cfg = json.loads((stripped / "config.json").read_text())
-        for k in ("rope_theta", "rope_scaling", "torch_dtype"):
-            cfg.pop(k, None)
-        (stripped / "config.json").write_text(json.dumps(cfg, indent=2))
-        for label, folder in (("import-gguf config", src), ("v5 keys only", stripped)):
-            out = run_worker("mlx", folder, prompts, work, logits=True)
-            got = np.load(out["logits_file"])
-            arrs = [got[f"arr_{i}"] for i in range(len(prompts))]
-            top1 = sum(int((a.argmax(-1) == r.argmax(-1)).sum()) for a, r in zip(arrs, ref))
-            positions = sum(r.shape[0] for r in ref)
-            mlx[label] = {"top1_equal_positions": f"{top1}/{positions}",
-                          "max_abs_logit_diff": float(max(np.abs(a - r).max() for a, r in zip(arrs, ref)))}
-            (work / f"out-mlx-{folder.name}.npz").unlink(missing_ok=True)
+    model = sg.load(src)
+    with torch.no_grad():
+        ref = [model(torch.tensor([ids])).logits[0].numpy() for ids in prompts]
+    stripped = work / "smol-v5-only"
+    shutil.copytree(src, stripped)
+    cfg = json.loads((stripped / "config.json").read_text())
+    for k in ("rope_theta", "rope_scaling", "torch_dtype"):
+        cfg.pop(k, None)
+    (stripped / "config.json").write_text(json.dumps(cfg, indent=2))
+    logits = [{"label": "import-gguf config", "folder": src, "prompts": prompts, "ref": ref},
+              {"label": "v5 keys only", "folder": stripped, "prompts": prompts, "ref": ref}]
     disk = {e: {"mode": v["mode"], "bytes_added": v["bytes_added"], "linked_files": len(v["linked"])}
             for e, v in views.items()}
-    return rows, {"views": disk, "mlx_logits": mlx}
+    return models, {"views": disk, "logits": logits}
 
 
-def gemma3_cases(work: Path, skip: set[str]) -> tuple[list[dict], dict]:
+def gemma3_models(work: Path) -> tuple[list[dict], dict]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3TextConfig
 
@@ -182,21 +170,47 @@ def gemma3_cases(work: Path, skip: set[str]) -> tuple[list[dict], dict]:
     surgeon("prune", base, "--start", "1", "--n", "2", "-o", work / "gemma3-pruned")
     surgeon("extract", work / "gemma3-pruned", "--depth", "8", "-o", work / "gemma3-pruned-depth8")
     prompts = [tok(p).input_ids for p in PROMPTS]
-    rows, info = [], {"sliding_window": 8, "prompt_tokens": [len(p) for p in prompts], "layer_types": {}}
+    info = {"sliding_window": 8, "prompt_tokens": [len(p) for p in prompts], "layer_types": {}}
+    models = []
     for name in ("gemma3", "gemma3-pruned", "gemma3-pruned-depth8"):
-        folder = work / name
-        info["layer_types"][name] = json.loads((folder / "config.json").read_text())["layer_types"]
-        want = reference(folder, None, prompts)
-        for runtime in ("hf", "mlx", "vllm"):
-            if runtime not in skip:
-                rows.append(compare(name, runtime, run_worker(runtime, folder, prompts, work)["tokens"], want))
-        if "llamacpp" not in skip:
-            texts = [tok.decode(w) for w in want]
-            got, _ = llamacpp_text(folder, work, False, PROMPTS)
-            rows.append(compare(name, "llamacpp (converter only)", got, texts))
-            got, fix = llamacpp_text(folder, work, True, PROMPTS)
-            rows.append({**compare(name, "llamacpp + surgeon fix-gguf", got, texts), "fix": fix.get("fix")})
-    return rows, info
+        info["layer_types"][name] = json.loads((work / name / "config.json").read_text())["layer_types"]
+        want = reference(work / name, None, prompts)
+        models.append({"name": name, "folder": work / name, "prompts": prompts, "want": want,
+                       "text": [tok.decode(w) for w in want], "llamacpp": "fix"})
+    return models, info
+
+
+def run_runtimes(models: list[dict], logits: list[dict], work: Path, skip: set[str]) -> tuple[list[dict], dict]:
+    """Each runtime once (one process for all its models), then llama.cpp per model."""
+    import numpy as np
+
+    rows, mlx = [], {}
+    for runtime in ("hf", "mlx", "vllm"):
+        if runtime in skip:
+            continue
+        extra = logits if runtime == "mlx" else []
+        jobs = [{"model": str(m["folder"]), "prompts": m["prompts"]} for m in models]
+        jobs += [{"model": str(x["folder"]), "prompts": x["prompts"], "logits": True} for x in extra]
+        results = run_batch(runtime, jobs, work)
+        rows += [compare(m["name"], runtime, r["tokens"], m["want"]) for m, r in zip(models, results)]
+        for x, out in zip(extra, results[len(models):]):
+            got = np.load(out["logits_file"])
+            arrs = [got[f"arr_{i}"] for i in range(len(x["prompts"]))]
+            top1 = sum(int((a.argmax(-1) == r.argmax(-1)).sum()) for a, r in zip(arrs, x["ref"]))
+            mlx[x["label"]] = {"top1_equal_positions": f"{top1}/{sum(r.shape[0] for r in x['ref'])}",
+                               "max_abs_logit_diff": float(max(np.abs(a - r).max() for a, r in zip(arrs, x["ref"])))}
+            Path(out["logits_file"]).unlink(missing_ok=True)
+    if "llamacpp" not in skip:
+        for m in models:
+            if m["llamacpp"] == "plain":
+                got, _ = llamacpp_text(m["folder"], work, False, PROMPTS)
+                rows.append(compare(m["name"], "llamacpp", got, m["text"]))
+            elif m["llamacpp"] == "fix":
+                got, _ = llamacpp_text(m["folder"], work, False, PROMPTS)
+                rows.append(compare(m["name"], "llamacpp (converter only)", got, m["text"]))
+                got, fix = llamacpp_text(m["folder"], work, True, PROMPTS)
+                rows.append({**compare(m["name"], "llamacpp + surgeon fix-gguf", got, m["text"]), "fix": fix.get("fix")})
+    return rows, mlx
 
 
 def main() -> None:
@@ -211,16 +225,21 @@ def main() -> None:
         sys.exit(f"runtimes not built: {', '.join(missing)}; run bash benchmarks/runtimes/setup.sh {' '.join(missing)}")
     work = Path(tempfile.mkdtemp(prefix="surgeon-runtimes-"))
     t0 = time.time()
-    rows, extra = [], {}
+    models, logits, extra = [], [], {}
     try:
         if "smollm2" in args.only:
-            r, e = smollm2_cases(work, skip)
-            rows += r
+            m, e = smollm2_models(work)
+            models += m
+            logits = e.pop("logits")
             extra["smollm2"] = e
         if "gemma3" in args.only:
-            r, e = gemma3_cases(work, skip)
-            rows += r
+            m, e = gemma3_models(work)
+            models += m
             extra["gemma3"] = e
+        print(f"{len(models)} models built and their references taken in {time.time() - t0:.0f} s", flush=True)
+        rows, mlx = run_runtimes(models, logits, work, skip)
+        if "smollm2" in extra:
+            extra["smollm2"]["mlx_logits"] = mlx
         for row in rows:
             print(f"{row['model']:28s} {row['runtime']:28s} {'equal' if row['equal'] else 'DIFFERS'} "
                   f"({row['prompts_equal']} prompts)", flush=True)

@@ -1,14 +1,18 @@
 """Greedy continuations (and, on request, per-position logits) from one downstream runtime, run with
-that runtime's own virtual environment (see setup.sh); imports nothing from surgeon.
+that runtime's own virtual environment (see setup.sh); imports nothing from surgeon. One process
+runs every model of a runtime (its start-up, vLLM's above all, is paid once).
 
-    python greedy_worker.py RUNTIME JOB.json OUT.json      RUNTIME: hf | vllm | mlx
+    python greedy_worker.py RUNTIME JOBS.json OUT.json      RUNTIME: hf | vllm | mlx
 
-JOB: {"model": DIR, "prompts": [[token ids], ...], "max_new": N, "logits": false}
-OUT: {"tokens": [[new token ids], ...], "logits_file": an .npz (arr_i: prompt i's positions x vocab) or null}
+JOBS: {"jobs": [{"model": DIR, "prompts": [[token ids], ...], "max_new": N, "logits": false}, ...]}
+OUT:  {"results": [{"tokens": [[new token ids], ...], "logits_file": an .npz (arr_i: prompt i's
+      positions x vocab) or null, "seconds": S}, ...]}   (one per job, in order)
 """
 
+import gc
 import json
 import sys
+import time
 from pathlib import Path
 
 
@@ -31,9 +35,17 @@ def vllm(job):
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=job["model"], dtype="float32", max_model_len=256, enforce_eager=True, seed=0)
-    params = SamplingParams(temperature=0.0, max_tokens=job["max_new"], ignore_eos=True)
-    res = llm.generate([{"prompt_token_ids": ids} for ids in job["prompts"]], params)
-    return [list(r.outputs[0].token_ids) for r in res], []
+    try:
+        params = SamplingParams(temperature=0.0, max_tokens=job["max_new"], ignore_eos=True)
+        res = llm.generate([{"prompt_token_ids": ids} for ids in job["prompts"]], params)
+        return [list(r.outputs[0].token_ids) for r in res], []
+    finally:  # stop this engine (its core process) before the next model's
+        engine = getattr(llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm, engine, core
+        gc.collect()
 
 
 def mlx(job):
@@ -55,15 +67,19 @@ def mlx(job):
 
 def main():
     runtime, job_path, out_path = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-    job = json.loads(job_path.read_text())
-    tokens, logits = {"hf": hf, "vllm": vllm, "mlx": mlx}[runtime](job)
-    logits_file = None
-    if logits:
-        import numpy as np
+    results = []
+    for i, job in enumerate(json.loads(job_path.read_text())["jobs"]):
+        t = time.time()
+        tokens, logits = {"hf": hf, "vllm": vllm, "mlx": mlx}[runtime](job)
+        logits_file = None
+        if logits:
+            import numpy as np
 
-        logits_file = str(out_path.with_suffix(".npz"))
-        np.savez(logits_file, *logits)
-    out_path.write_text(json.dumps({"tokens": tokens, "logits_file": logits_file}))
+            logits_file = str(out_path.with_name(f"{out_path.stem}-{i}.npz"))
+            np.savez(logits_file, *logits)
+        results.append({"tokens": tokens, "logits_file": logits_file, "seconds": round(time.time() - t, 1)})
+        gc.collect()
+    out_path.write_text(json.dumps({"results": results}))
 
 
 if __name__ == "__main__":  # vLLM starts its engine processes with spawn
