@@ -5,7 +5,7 @@ is one) and, for the inference commands, ``--device-map auto`` + ``--max-memory`
 big-model inference through transformers' ``device_map``: layers spread over the GPUs, the CPU and
 disk; :func:`load_causal_lm`). Asking for a device the machine does not have is a
 :class:`~surgeon.errors.UsageError`. Compute runs in bf16 on GPUs that support it, fp32 elsewhere
-(:func:`compute_dtype`); an explicit ``--dtype`` wins.
+(:func:`compute_dtype`); an explicit ``--compute-dtype`` wins.
 """
 
 from __future__ import annotations

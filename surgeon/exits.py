@@ -12,9 +12,10 @@ The one ``--exits`` grammar (:func:`parse_exits`)::
     NAME                        an exit of the checkpoint's sorted manifest (when its exits are given)
     NAME=I,J,...[;NAME=...]     explicit kept layers
 
-The one resolver (:func:`resolve_exit`): a name, a layer count K, an exit spec, or a budget
-(``max_params`` / ``max_flops``: the largest manifest exit within it). :func:`default_exits` is the
-Sorted LLaMA spread; :func:`exit_name` / :func:`default_name` name exits as the manifest does.
+The one resolver (:func:`resolve_exit`): a name, a layer count K, a narrowed prefix ``K:ffn=F``, an exit
+spec, or a budget (``max_params`` / ``max_flops``: the largest manifest exit within it); with the
+checkpoint's manifest read first, :func:`surgeon.manifest.resolve.resolve_checkpoint_exit`.
+:func:`default_exits` is the Sorted LLaMA spread; :func:`exit_name` / :func:`default_name` name exits as the manifest does.
 Layer lists in ``--layers`` form (``0-11,14``) are read by :func:`parse_layers`.
 """
 
@@ -242,10 +243,12 @@ def parse_layers(text: str, num_layers: int) -> list[int]:
 
 
 def resolve_exit(exit: str | int | ExitSpec | Mapping | None, num_layers: int, manifest_exits: Sequence[Mapping] = (),
-                 *, max_params: float | None = None, max_flops: float | None = None,
+                 *, config: Mapping | None = None, max_params: float | None = None, max_flops: float | None = None,
                  where: str = "the checkpoint") -> ExitSpec:
-    """The exit a user asked for: a manifest name, a layer count K (layers 0..K-1), an exit spec or
-    dict, None (the full model), or the largest manifest exit within ``max_params`` / ``max_flops``.
+    """The exit a user asked for: a manifest name, a layer count K (layers 0..K-1), a narrowed prefix
+    ``K:ffn=F[:heads=H]`` (needs the text ``config``), an exit spec or dict, None (the full model), or the
+    largest manifest exit within ``max_params`` / ``max_flops``. A count or a narrowed prefix that is one
+    of the manifest's exits gets its name.
 
     ``manifest_exits``: the manifest's exit dicts, cheapest first (with ``cost`` for budgets).
     Raises UsageError for an unknown name, a count outside 1..L, or a budget no exit fits.
@@ -272,6 +275,15 @@ def resolve_exit(exit: str | int | ExitSpec | Mapping | None, num_layers: int, m
         return ExitSpec(exits[-1]["name"] if exits else None, list(range(num_layers)))
     if isinstance(exit, (ExitSpec, Mapping)):
         return ExitSpec.of(exit)
+    if isinstance(exit, str) and ":" in exit:
+        if config is None:
+            raise UsageError(f"exit {exit!r} narrows widths, which needs the checkpoint's config",
+                             "resolve it against a checkpoint (surgeon.manifest.resolve.resolve_checkpoint_exit)")
+        narrowed = _narrowed(exit.strip(), num_layers, config)
+        for e in exits:
+            if list(e["layers"]) == narrowed.layers and dict(e.get("widths") or {}) == narrowed.widths:
+                return ExitSpec.of(e)
+        return narrowed
     if isinstance(exit, str) and not exit.strip().isdigit():
         for e in exits:
             if e["name"] == exit:

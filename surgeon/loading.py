@@ -22,8 +22,10 @@ def load(path: str | Path, exit=None, *, max_params: float | None = None,
     """Load one exit of the checkpoint at ``path`` as a transformers ``*ForCausalLM`` in eval mode.
 
     ``exit``: an exit name from the sorted manifest, an int k (the first k layers with the shared
-    final norm and head), or an exit (:class:`~surgeon.exits.ExitSpec`, or a dict ``{"layers": [...],
-    "widths": {...}}``); or give ``max_params`` / ``max_flops`` to take the largest exit within budget.
+    final norm and head), a narrowed prefix ``"k:ffn=F[:heads=H]"``, or an exit
+    (:class:`~surgeon.exits.ExitSpec`, or a dict ``{"layers": [...], "widths": {...}}``); or give
+    ``max_params`` / ``max_flops`` to take the largest exit within budget. The exit is resolved by
+    :func:`surgeon.manifest.resolve.resolve_checkpoint_exit` (a manifest that fails validation is an error).
     Default: the full model. ``dtype``: a torch dtype or "bf16"/"fp16"/"fp32" (default: as stored).
     The result has ``model.surgeon_exit`` (the :class:`~surgeon.exits.ExitSpec`). Raises
     :class:`~surgeon.errors.UsageError` for an unknown exit or an impossible budget and
@@ -33,16 +35,13 @@ def load(path: str | Path, exit=None, *, max_params: float | None = None,
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .exits import ExitSpec, resolve_exit
     from .manifest.build import exit_plan
-    from .manifest.store import read_manifest
+    from .manifest.resolve import resolve_checkpoint_exit
     from .surgery.execute import materialize
     from .units import torch_dtype
 
     ckpt = Checkpoint.open(path)
-    found = None if isinstance(exit, (dict, ExitSpec)) else read_manifest(ckpt.path)
-    choice = resolve_exit(exit, ckpt.num_layers, found[0]["exits"] if found else (),
-                          max_params=max_params, max_flops=max_flops, where=str(ckpt.path))
+    choice = resolve_checkpoint_exit(ckpt, exit, max_params=max_params, max_flops=max_flops).exit
     if isinstance(dtype, str):
         dtype = torch_dtype(dtype)
     plan = exit_plan(ckpt, choice.layers, choice.widths)

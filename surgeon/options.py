@@ -6,17 +6,29 @@ fields into click options, and the command builds the dataclass from what click 
 Library callers build the same dataclasses directly.
 
 Option groups shared by several commands are declared here once, as ``kw_only`` frozen
-dataclasses a command's options inherit: :class:`OutputOptions` (``-o``, ``--dtype``,
-``--max-shard-size``, ``--force``), :class:`CalibrationOptions` (``--data``, ``--samples``,
-``--seq-len``, ``--pack``, ``--batch-size``) and :class:`RecipeOptions` (the training recipe of
-heal and soft). A command that needs another default for a group's field redeclares it with
-:func:`with_default`, which keeps the group's help text. Each group has a ``check_*`` method the
-command's ``__post_init__`` calls.
+dataclasses a command's options inherit: :class:`OutputFolder` (``-o/--output``, ``--force``),
+:class:`OutputOptions` (an output checkpoint: also ``--dtype``, the output cast, and
+``--max-shard-size``), :class:`CalibrationOptions` (``--data``, ``--samples``, ``--seq-len``,
+``--pack``, ``--batch-size``), :class:`EvaluationOptions` (held-out evaluation: data, samples,
+sequence length, batch size) and :class:`RecipeOptions` (the training recipe of heal and soft).
+A command that needs another default (or help text, or flag spelling) for a group's field
+redeclares it with :func:`with_default`. Each group has a ``check_*`` method the command's
+``__post_init__`` calls.
+
+Three dtypes, three names: ``--dtype`` is the dtype an output checkpoint's float weights are
+written in (:class:`OutputOptions`, ``import-gguf``); ``--compute-dtype`` is the dtype a model is
+loaded and run in to measure or generate (``eval``, ``analyze``, ``generate``; ``--dtype`` is its
+hidden, older spelling there).
+
+The way back: :func:`command_line` writes any options object as the ``surgeon ...`` command line
+that builds it (the same flags, only the fields that differ from their defaults), so what the demo
+prints is what it runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import typing
 from pathlib import Path
 from typing import Any
@@ -30,21 +42,38 @@ _MISSING = dataclasses.MISSING
 
 
 def opt(default: Any = _MISSING, help: str = "", *, flags: tuple[str, ...] | None = None,
-        choices: tuple[str, ...] | None = None, metavar: str | None = None, cli: bool = True):
-    """A dataclass field with its CLI help. ``cli=False`` keeps it out of the generated flags."""
-    md = {"help": help, "flags": flags, "choices": choices, "metavar": metavar, "cli": cli}
+        choices: tuple[str, ...] | None = None, metavar: str | None = None, cli: bool = True,
+        aliases: tuple[str, ...] | None = None):
+    """A dataclass field with its CLI help. ``cli=False`` keeps it out of the generated flags.
+
+    ``flags``: the spellings (default ``--field-name``); ``aliases``: older spellings still accepted,
+    hidden from ``--help`` (giving both the flag and an alias is an error)."""
+    md = {"help": help, "flags": flags, "choices": choices, "metavar": metavar, "cli": cli, "aliases": aliases}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=md)
     return dataclasses.field(default=default, metadata=md)
 
 
-def with_default(group: type, name: str, default: Any, help: str | None = None):
-    """Redeclare the field ``name`` of option group ``group`` with another default (same flags/help)."""
+def with_default(group: type, name: str, default: Any, help: str | None = None, *,
+                 flags: tuple[str, ...] | None = None, aliases: tuple[str, ...] | None = None):
+    """Redeclare the field ``name`` of option group ``group`` with another default (same flags/help),
+    and optionally a command's own help text or flag spellings (``flags``, hidden ``aliases``)."""
     fld = next(f for f in dataclasses.fields(group) if f.name == name)
     md = dict(fld.metadata)
     if help is not None:
         md["help"] = help
+    if flags is not None:
+        md["flags"] = flags
+    if aliases is not None:
+        md["aliases"] = aliases
     return dataclasses.field(default=default, metadata=md)
+
+
+def flag_name(cls_or_obj: Any, name: str) -> str:
+    """The long flag a user types for field ``name`` (its first ``--`` spelling), for error messages."""
+    fld = next(f for f in dataclasses.fields(cls_or_obj) if f.name == name)
+    flags = fld.metadata.get("flags") or ()
+    return next((x.split("/")[0] for x in flags if x.startswith("--")), f"--{name.replace('_', '-')}")
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
@@ -71,14 +100,10 @@ def click_options(cls: type, prefix: str | None = None) -> Any:
                 continue
             tp, _ = _base_type(hints[fld.name])
             dest = f"{prefix}_{fld.name}" if prefix else fld.name
-            name = dest.replace("_", "-")
-            flags = list(md.get("flags") or [f"--{name}"]) if not prefix else [f"--{name}"]
-            default = fld.default if fld.default is not _MISSING else (
-                fld.default_factory() if fld.default_factory is not _MISSING else None)
+            default = _field_default(fld)
+            flags = _flags(fld, tp, prefix)
             kw: dict[str, Any] = {"help": md["help"], "show_default": default not in (None, False, "")}
             if tp is bool:
-                if not any("/" in x for x in flags):
-                    flags = [f"--{name}/--no-{name}"] if default or default is None else flags
                 kw.update(is_flag=True, default=None if default is None else bool(default))
             else:
                 if md.get("choices"):
@@ -92,10 +117,33 @@ def click_options(cls: type, prefix: str | None = None) -> Any:
                 kw["default"] = default
                 if md.get("metavar"):
                     kw["metavar"] = md["metavar"]
+            if md.get("aliases") and not prefix:  # older spellings: accepted, not shown
+                f = click.option(*md["aliases"], dest + _ALIAS, **dict(kw, default=None, hidden=True))(f)
             f = click.option(*flags, dest, **kw)(f)
         return f
 
     return deco
+
+
+_ALIAS = "__alias"  # click parameter suffix of a field's hidden alias spellings
+
+
+def _field_default(fld: dataclasses.Field) -> Any:
+    if fld.default is not _MISSING:
+        return fld.default
+    return fld.default_factory() if fld.default_factory is not _MISSING else None
+
+
+def _flags(fld: dataclasses.Field, tp: Any, prefix: str | None = None) -> list[str]:
+    """The click flags of one ``cli=True`` field (:func:`click_options` declares them, :func:`command_args`
+    writes them): ``--NAME``, the field's ``flags``, or ``--PREFIX-NAME``; a bool whose default is true
+    or None is a ``--NAME/--no-NAME`` switch."""
+    name = (f"{prefix}_{fld.name}" if prefix else fld.name).replace("_", "-")
+    flags = list(fld.metadata.get("flags") or [f"--{name}"]) if not prefix else [f"--{name}"]
+    default = _field_default(fld)
+    if tp is bool and not any("/" in x for x in flags) and (default or default is None):
+        flags = [f"--{name}/--no-{name}"]
+    return flags
 
 
 def build(cls: type, prefix: str | None = None, **kwargs: Any) -> Any:
@@ -103,11 +151,22 @@ def build(cls: type, prefix: str | None = None, **kwargs: Any) -> Any:
 
     With ``prefix`` the values are taken from ``PREFIX_NAME`` keys (see :func:`click_options`).
     """
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     if prefix:
         p = f"{prefix}_"
         kwargs = {k[len(p):]: v for k, v in kwargs.items() if k.startswith(p)}
-    return cls(**{k: v for k, v in kwargs.items() if k in names})
+    kwargs = dict(kwargs)
+    for name, fld in fields.items():
+        alias = kwargs.pop(name + _ALIAS, None)
+        if alias is None:
+            continue
+        default = fld.default if fld.default is not _MISSING else None
+        if kwargs.get(name) not in (None, default) and kwargs.get(name) != alias:
+            aliases = "/".join(fld.metadata.get("aliases") or ())
+            raise UsageError(f"{flag_name(cls, name)} and {aliases} are one option (given twice)",
+                             f"give {flag_name(cls, name)} once")
+        kwargs[name] = alias
+    return cls(**{k: v for k, v in kwargs.items() if k in fields})
 
 
 def field_values(obj: Any, group: type) -> dict[str, Any]:
@@ -118,6 +177,82 @@ def field_values(obj: Any, group: type) -> dict[str, Any]:
 def as_record(obj: Any) -> dict[str, Any]:
     """``asdict`` with paths as strings: how options are recorded in provenance."""
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(obj).items()}
+
+
+def command_name(cls: type) -> str:
+    """The ``surgeon`` command (and subcommand) that runs options of class ``cls``: the ``cli_command``
+    class attribute (``"manifest validate"``), else its module's name, since ``surgeon X`` is
+    ``commands/X.py`` (``sort_width`` -> ``sort-width``)."""
+    name = getattr(cls, "cli_command", None)
+    if name:
+        return name
+    package, _, module = cls.__module__.rpartition(".")
+    if package != f"{__package__}.commands":
+        raise ValueError(f"{cls.__name__} is not the options of a surgeon command")
+    return module.replace("_", "-")
+
+
+def _word(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)  # repr: the float reads back exactly
+
+
+def _is_default(obj: Any, name: str, value: Any, default: Any) -> bool:
+    if value == default:
+        return True
+    if default is None:  # None = "decided in __post_init__" (RecipeOptions.quant): is the value that decision?
+        try:
+            return dataclasses.replace(obj, **{name: None}) == obj
+        except Exception:  # noqa: BLE001 - None is not valid here: the value must be written
+            return False
+    return False
+
+
+def command_args(obj: Any, prefix: str | None = None) -> list[str]:
+    """The flags (with values) that set ``obj``'s ``cli=True`` fields, for the fields whose value is not
+    the default: the first long flag of each (``--PREFIX-NAME`` with ``prefix``), ``--x``/``--no-x``
+    for bools, paths as strings. Raises ValueError for a value the command line cannot express."""
+    hints = typing.get_type_hints(type(obj))
+    words: list[str] = []
+    for fld in dataclasses.fields(obj):
+        value, default = getattr(obj, fld.name), _field_default(fld)
+        if fld.metadata.get("cli") is False or _is_default(obj, fld.name, value, default):
+            continue  # positionals are written by command_line
+        if not fld.metadata.get("cli"):
+            raise ValueError(f"{type(obj).__name__}.{fld.name} has no command-line flag (value {value!r})")
+        tp, _ = _base_type(hints[fld.name])
+        flags = _flags(fld, tp, prefix)
+        flag = next((f for f in flags if f.startswith("--")), flags[0])
+        if tp is bool:
+            on, _, off = flag.partition("/")
+            if value is None or (not value and not off):
+                raise ValueError(f"{type(obj).__name__}.{fld.name} = {value!r} has no command-line form")
+            words.append(on.strip() if value else off.strip())
+            continue
+        if value is None:
+            raise ValueError(f"{type(obj).__name__}.{fld.name} = None has no command-line form "
+                             f"(its default is {default!r})")
+        text = _word(value)
+        words += [f"{flag}={text}"] if text.startswith("-") else [flag, text]  # a value like "-x" is no flag
+    return words
+
+
+def command_line(obj: Any, *groups: tuple[Any, str]) -> str:
+    """``obj`` as the shell command that runs it: ``surgeon COMMAND POSITIONAL... --flag value ...``.
+
+    The command comes from :func:`command_name`, the positionals are the ``cli=False`` fields (the
+    command's click arguments, e.g. MODEL), the flags from :func:`command_args`; ``groups`` adds
+    prefixed option groups as ``(options, prefix)`` (``prune ... --heal-steps 50``). Every word is
+    shell-quoted, so the line can be pasted, and parsing it builds ``obj`` back.
+    """
+    words = ["surgeon", *command_name(type(obj)).split()]
+    for fld in dataclasses.fields(obj):
+        if fld.metadata.get("cli") is False:
+            text = _word(getattr(obj, fld.name))
+            words.append(f"./{text}" if text.startswith("-") else text)  # a path like "-x" is no flag
+    words += command_args(obj)
+    for group, prefix in groups:
+        words += command_args(group, prefix)
+    return " ".join(shlex.quote(w) for w in words)
 
 
 # ------------------------------------------------------------------------------------ shared groups
@@ -164,20 +299,29 @@ class PlacementOptions(DeviceMapOptions):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class OutputOptions:
-    """Where and how a command writes its checkpoint."""
+class OutputFolder:
+    """Where a command writes (every command that writes a folder or file): ``-o/--output`` and ``--force``."""
 
     output: Path | None = opt(None, "Output checkpoint folder.", flags=("-o", "--output"))
-    dtype: str | None = opt(None, "Convert floating weights to this dtype while streaming (default: keep the "
-                                  "source's).", choices=FLOAT_CHOICES)
-    max_shard_size: str = opt("5GB", "Largest output shard.")
     force: bool = opt(False, "Replace a non-empty output folder.")
 
-    def check_output(self, what: str = "checkpoint", dry_run: bool = False) -> None:
+    def check_output_folder(self, what: str = "checkpoint", dry_run: bool = False) -> None:
         if self.output is None and not dry_run:
             raise UsageError("-o/--output is required",
                              "give an output folder, or use --dry-run" if what == "plan"
                              else f"give an output folder for the {what}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OutputOptions(OutputFolder):
+    """Where and how a command writes its checkpoint (``--dtype``: the output cast)."""
+
+    dtype: str | None = opt(None, "Convert floating weights to this dtype while streaming (default: keep the "
+                                  "source's).", choices=FLOAT_CHOICES)
+    max_shard_size: str = opt("5GB", "Largest output shard.")
+
+    def check_output(self, what: str = "checkpoint", dry_run: bool = False) -> None:
+        self.check_output_folder(what, dry_run)
         parse_size(self.max_shard_size, "--max-shard-size")
 
     @property
@@ -203,7 +347,35 @@ class CalibrationOptions:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RecipeOptions:
+class EvaluationOptions:
+    """Held-out evaluation (``eval``, ``manifest``, and heal/soft's before/after measurements).
+
+    One set of fields; a command keeps its own flag spellings and defaults through
+    :func:`with_default` (``eval --data/--samples/--batch-size``, ``manifest --eval-data/--samples``,
+    ``heal/soft --eval-data/--eval-samples/--eval-batch-size``). ``seq_len`` is the requested
+    tokens per sequence (quality records carry it as ``seq_len``).
+    """
+
+    eval_data: str | None = opt(None, "Held-out data to measure on: builtin:sotu, c4, hf:NAME[:CONFIG][@SPLIT], or a "
+                                      "local file (its held-out slice / validation split is used).", metavar="SPEC")
+    eval_samples: int = opt(32, "Held-out sequences to measure.")
+    seq_len: int = opt(512, "Tokens per evaluation sequence.")
+    eval_batch_size: int = opt(4, "Sequences per evaluation batch.")
+
+    def check_evaluation(self, min_samples: int = 1) -> None:
+        """``min_samples=0`` where 0 means "skip the evaluation" (heal, soft)."""
+        if self.eval_samples < min_samples:
+            raise UsageError(f"{flag_name(self, 'eval_samples')} {self.eval_samples} is below {min_samples}",
+                             f"give the number of held-out sequences, e.g. {flag_name(self, 'eval_samples')} 32")
+        if self.seq_len < 2:
+            raise UsageError(f"--seq-len must be at least 2 (got {self.seq_len})", "use e.g. --seq-len 1024")
+        if self.eval_batch_size < 1:
+            raise UsageError(f"{flag_name(self, 'eval_batch_size')} {self.eval_batch_size} is below 1",
+                             f"give {flag_name(self, 'eval_batch_size')} 1 or more")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RecipeOptions(EvaluationOptions):
     """The training recipe shared by ``heal`` and ``soft`` (the pruning paper's QLoRA defaults)."""
 
     method: str = opt("lora", "lora: adapters on a frozen base; full: train every weight.", choices=("lora", "full"))
@@ -220,12 +392,15 @@ class RecipeOptions:
     warmup: int = opt(100, "Warm-up steps (capped at 10% of --steps), then cosine decay.")
     batch_size: int = opt(4, "Sequences per micro-batch and process.")
     grad_accum: int = opt(1, "Micro-batches per optimizer step.")
-    seq_len: int = opt(1024, "Tokens per training and evaluation sequence (the pruning paper: 2048).")
+    seq_len: int = with_default(EvaluationOptions, "seq_len", 1024,
+                                "Tokens per training and evaluation sequence (the pruning paper: 2048).")
     seed: int = opt(0, "Seed for the data order, LoRA initialization, dropout and any sampling.")
-    eval_data: str | None = opt(None, "Held-out data spec (default: the held-out slice / validation split of the "
-                                      "training data).")
-    eval_samples: int = opt(32, "Held-out sequences measured before and after training (0: skip).")
-    eval_batch_size: int = opt(4, "Sequences per evaluation batch.")
+    eval_data: str | None = with_default(EvaluationOptions, "eval_data", None,
+                                         "Held-out data spec (default: the held-out slice / validation split of the "
+                                         "training data).")
+    eval_samples: int = with_default(EvaluationOptions, "eval_samples", 32,
+                                     "Held-out sequences measured before and after training (0: skip).")
+    eval_batch_size: int = with_default(EvaluationOptions, "eval_batch_size", 4)
     save_every: int = opt(100, "Write a resumable checkpoint every N steps (0: never).")
     checkpoint_dir: Path | None = opt(None, "Checkpoint folder (default: OUT.checkpoints, removed after success).")
     resume: bool = opt(False, "Continue an interrupted run from its last checkpoint (same options and data).")
@@ -242,10 +417,7 @@ class RecipeOptions:
             object.__setattr__(self, "quant", "none" if self.method == "full" else "nf4")
         self.model_setup()
         self.train_config()
-        if self.seq_len < 2:
-            raise UsageError(f"--seq-len must be at least 2 (got {self.seq_len})", "use e.g. --seq-len 1024")
-        if self.eval_samples < 0 or self.eval_batch_size < 1:
-            raise UsageError("--eval-samples must be >= 0 and --eval-batch-size >= 1", "use e.g. --eval-samples 32")
+        self.check_evaluation(min_samples=0)
         if self.fsdp_offload and not self.fsdp:
             raise UsageError("--fsdp-offload offloads FSDP2's shards, and --fsdp is not given",
                              "add --fsdp (launched with torchrun --nproc_per_node N), or drop --fsdp-offload")

@@ -3,7 +3,8 @@
 ``make_tiny_checkpoint("llama", path)`` writes a complete Hugging Face folder (config, safetensors,
 a small byte-level BPE tokenizer with a chat template) built offline in well under a second.
 :func:`load_model`, :func:`logits`, :func:`copy_checkpoint`, :func:`edit_config` and
-:func:`tree_digest` are the ground-truth helpers the tests compare surgeon's outputs with.
+:func:`tree_digest` are the ground-truth helpers the tests compare surgeon's outputs with;
+:func:`run_cli` runs the command line in-process. (``tests/conftest.py`` holds only fixtures.)
 """
 
 from __future__ import annotations
@@ -176,3 +177,12 @@ def load_weights(folder) -> dict:
     for p in sorted(Path(folder).glob("*.safetensors")):
         out.update(load_file(str(p)))
     return out
+
+
+def run_cli(*args: str):
+    """Invoke the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from .cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)

@@ -83,11 +83,3 @@ def smollm2() -> Path:
 
     return ensure_demo_model()
 
-
-def run_cli(*args: str):
-    """Invoke the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
-    from click.testing import CliRunner
-
-    from surgeon.cli import main
-
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)

@@ -10,8 +10,7 @@ import pytest
 
 from surgeon.analyze import argmin_blocks, compute_analysis
 from surgeon.analyze.similarity import SimilarityTable, layer_similarity, make_batches
-from surgeon.testing import load_model
-from tests.conftest import run_cli
+from surgeon.testing import load_model, run_cli
 
 SEQ_LEN = 24
 

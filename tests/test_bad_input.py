@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from surgeon.testing import copy_checkpoint, edit_config, load_model, logits, tree_digest
-from tests.conftest import run_cli
+from surgeon.testing import copy_checkpoint, edit_config, load_model, logits, run_cli, tree_digest
 
 
 def _duplicate_shard_tensor(folder: Path) -> Path:

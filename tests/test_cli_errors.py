@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from tests.conftest import run_cli
+from surgeon.testing import run_cli
 
 
 def _case_missing(tmp, models):

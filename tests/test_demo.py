@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
+from surgeon.testing import run_cli
 
 
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
@@ -15,8 +15,64 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
     from surgeon.errors import UsageError
 
     with pytest.raises(UsageError, match="not written by surgeon demo"):
-        run(DemoOptions(out=tmp_path, quick=True))
+        run(DemoOptions(output=tmp_path, quick=True))
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_demo_prints_the_commands_it_runs(tmp_path, monkeypatch):
+    """Each step's printed line, parsed by the real CLI, builds back exactly the options the step runs."""
+    from surgeon.commands.demo import STEP_NAMES, demo_commands
+    from surgeon.options import command_line
+    from tests.test_options import parse
+
+    plan = demo_commands(tmp_path / "smollm2", tmp_path / "demo", 30, "cpu")
+    assert [name for name, _ in plan] == list(STEP_NAMES)
+    for name, objs in plan:
+        for opts in objs:
+            line = command_line(opts)
+            assert parse(line, monkeypatch) == (opts,), (name, line)
+
+
+def test_demo_steps_run_and_record_the_same_options(tmp_path, monkeypatch):
+    """run() hands exactly demo_commands()' options to the library, step by step, and records each
+    step under their command lines (every library call stubbed: no model runs)."""
+    import json
+    from types import SimpleNamespace as NS
+
+    import surgeon
+    from surgeon.commands import analyze, demo, extract, generate, heal, inspect, prune, soft
+    from surgeon.commands import eval as eval_cmd
+    from surgeon.commands import manifest as manifest_cmd
+    from surgeon.options import command_line
+    from surgeon.testing import make_tiny_checkpoint
+
+    model = make_tiny_checkpoint("llama", tmp_path / "model")
+    ran = []
+
+    def stub(result):
+        return lambda opts, *a, **k: ran.append(opts) or result
+
+    def validate(opts):
+        ran.append(opts)
+        opts.path.mkdir(parents=True)
+        (opts.path / "sorted_manifest.json").write_text(json.dumps({"exits": [
+            {"name": "depth-2", "layers": [0, 1], "cost": {"parameters": {"total": 1}}, "quality": []}]}))
+
+    gen = NS(result=NS(text="hi", tokens_per_s=1.0, acceptance_rate=0.5), matches_baseline=True, speedup=1.0)
+    for module, result in ((inspect, None), (analyze, NS(choice=lambda n: NS(start=1, distance=0.1))), (prune, None),
+                           (eval_cmd, NS(get=lambda n: NS(loss=3.0))), (heal, NS(before=NS(loss=4.0), after=NS(loss=3.5))),
+                           (soft, NS(before=[], after=[])), (extract, None), (generate, gen)):
+        monkeypatch.setattr(module, "run", stub(result))
+    monkeypatch.setattr(manifest_cmd, "validate", validate)
+    monkeypatch.setattr(surgeon, "load", lambda path, exit: NS(config=NS(num_hidden_layers=20)))
+    monkeypatch.setattr(demo, "ensure_demo_model", lambda: model)
+
+    res = demo.run(demo.DemoOptions(output=tmp_path / "demo", device="cpu"))
+    plan = demo.demo_commands(model, tmp_path / "demo", 6, "cpu")
+    assert ran == [opts for _, objs in plan for opts in objs]
+    assert [(s.name, s.commands) for s in res.steps] == [(n, [command_line(o) for o in objs]) for n, objs in plan]
+    assert res.get("analyze").command.startswith(f"surgeon analyze {model} --device cpu --data builtin:sotu ")
+    assert res.get("heal").to_dict()["command"] == " && ".join(res.get("heal").commands)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import torch
 
 from surgeon.devices import compute_dtype, parse_max_memory, resolve_device
 from surgeon.errors import UsageError
-from tests.conftest import run_cli
+from surgeon.testing import run_cli
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 

@@ -12,8 +12,7 @@ import surgeon
 from surgeon.data import collate, training_examples
 from surgeon.eval import measure_exits
 from surgeon.exits import ExitSpec
-from surgeon.testing import load_model
-from tests.conftest import run_cli
+from surgeon.testing import load_model, run_cli
 
 DATA, SEQ, SAMPLES = "builtin:sotu", 24, 6
 
@@ -93,3 +92,105 @@ def test_soft_records_equal_eval_of_its_output(tiny_models, tmp_path):
     for n in (2, 4, 6):
         rec, q = records[f"depth-{n}"], got[n]
         assert abs(rec["loss"] - q["loss"]) <= 1e-5 and abs(rec["top1_agreement"] - q["top1_agreement"]) <= 1e-5, n
+
+
+def test_soft_and_manifest_quality_records_mean_the_same(tiny_models, tmp_path):
+    """One builder (surgeon.manifest.build.quality_record_fields): the records soft writes for its exits and
+    those `surgeon manifest --eval-data` measures for the same exits on the same data carry the same fields
+    with the same values; seq_len is the requested length in both, also where every example is shorter."""
+    from transformers import AutoTokenizer
+
+    from surgeon.commands import soft
+    from surgeon.testing import corpus
+
+    lines = corpus(240, seed=5)
+    data = tmp_path / "instr.jsonl"  # instruction examples: each shorter than --seq-len
+    data.write_text("".join(json.dumps({"instruction": lines[i], "input": "", "output": lines[i + 1]}) + "\n"
+                            for i in range(0, 240, 2)))
+    seq = 160
+    tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    held = list(training_examples(str(data), tok, seq_len=seq, role="eval", max_examples=SAMPLES))
+    assert len(held) == SAMPLES and max(len(x["input_ids"]) for x in held) < seq
+    out = tmp_path / "sorted"
+    soft.run(soft.SoftOptions(model=tiny_models["llama"], output=out, data=str(data), exits="2,4,6", steps=1,
+                              batch_size=2, seq_len=seq, eval_samples=SAMPLES, method="full", lr=1e-3, warmup=0,
+                              save_every=0))
+    r = run_cli("manifest", out, "--eval-data", str(data), "--samples", SAMPLES, "--seq-len", seq, "-o", tmp_path / "m")
+    assert r.exit_code == 0, r.output
+    by_exit = lambda p: {e["name"]: {q["metric"]: q for q in e["quality"]}  # noqa: E731
+                         for e in json.loads((p / "sorted_manifest.json").read_text())["exits"]}
+    from_soft, from_manifest = by_exit(out), by_exit(tmp_path / "m")
+    assert set(from_soft) == set(from_manifest) == {"depth-2", "depth-4", "depth-6"}
+    for name, records in from_soft.items():
+        assert set(records) == set(from_manifest[name]) == {"loss", "perplexity", "kl_full_exit", "top1_agreement"}
+        for metric, rec in records.items():
+            other = from_manifest[name][metric]
+            assert set(rec) == set(other), (name, metric)
+            assert {k: v for k, v in rec.items() if k != "value"} == {k: v for k, v in other.items() if k != "value"}
+            assert rec["value"] == pytest.approx(other["value"], abs=1e-5), (name, metric)
+            assert rec["seq_len"] == seq and rec["samples"] == SAMPLES and rec["data"] == str(data)
+
+
+def _parsed(command, cls, args: list[str]):
+    """The options object a click command builds from ``args`` (parsed only: nothing runs)."""
+    from surgeon.options import build
+
+    with command.make_context(command.name, [str(a) for a in args]) as ctx:
+        return build(cls, **ctx.params)
+
+
+def test_compute_dtype_is_its_own_flag_and_dtype_its_hidden_older_spelling(tiny_models):
+    """eval, analyze and generate: --compute-dtype (the dtype the model runs in); --dtype still parses to
+    the same field but is not in --help (--dtype elsewhere is the output cast)."""
+    from surgeon.cli.analyze import analyze_cmd
+    from surgeon.cli.eval import eval_cmd
+    from surgeon.cli.generate import generate_cmd
+    from surgeon.commands.analyze import AnalyzeOptions
+    from surgeon.commands.eval import EvalOptions
+    from surgeon.commands.generate import GenerateOptions
+    from surgeon.errors import UsageError
+
+    m = tiny_models["llama"]
+    for cmd, cls, extra in ((eval_cmd, EvalOptions, ["--exit", "3"]), (analyze_cmd, AnalyzeOptions, []),
+                            (generate_cmd, GenerateOptions, ["--prompt", "hi"])):
+        help_text = run_cli(cmd.name, "--help").output
+        assert "--compute-dtype" in help_text and "--dtype" not in help_text, cmd.name
+        new = _parsed(cmd, cls, [m, *extra, "--compute-dtype", "fp16"])
+        assert new.compute_dtype == "fp16" and _parsed(cmd, cls, [m, *extra, "--dtype", "fp16"]) == new
+        assert _parsed(cmd, cls, [m, *extra]).compute_dtype is None
+        with pytest.raises(UsageError, match="given twice"):
+            _parsed(cmd, cls, [m, *extra, "--dtype", "bf16", "--compute-dtype", "fp16"])
+    # and the measurement is the same under either spelling
+    args = ["eval", m, "--exit", "3", "--samples", 2, "--seq-len", SEQ, "--no-kl", "--json"]
+    a, b = run_cli(*args, "--compute-dtype", "fp32"), run_cli(*args, "--dtype", "fp32")
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    assert json.loads(a.stdout)["exits"] == json.loads(b.stdout)["exits"]
+
+
+def test_output_folder_is_one_field_with_one_spelling(tmp_path):
+    """-o/--output everywhere (field ``output``); analyze and demo still take their older --out."""
+    from surgeon.cli.analyze import analyze_cmd
+    from surgeon.cli.demo import demo_cmd
+    from surgeon.commands.analyze import AnalyzeOptions
+    from surgeon.commands.demo import DemoOptions
+
+    out = tmp_path / "o"
+    for flag in ("-o", "--output", "--out"):
+        assert _parsed(analyze_cmd, AnalyzeOptions, ["m", flag, out]).output == out
+        assert _parsed(demo_cmd, DemoOptions, [flag, out]).output == out
+    assert _parsed(analyze_cmd, AnalyzeOptions, ["m"]).output.name == "analysis"  # the default is unchanged
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "{m}", "--exit", "3", "--samples", "0"], "--samples 0 is below 1"),
+    (["eval", "{m}", "--exit", "3", "--batch-size", "0"], "--batch-size 0 is below 1"),
+    (["eval", "{m}", "--exit", "3", "--seq-len", "1"], "--seq-len must be at least 2"),
+    (["manifest", "{m}", "--in-place", "--samples", "0"], "--samples 0 is below 1"),
+    (["manifest", "{m}", "--in-place", "--batch-size", "0"], "--batch-size 0 is below 1"),
+    (["heal", "{m}", "--data", "builtin:sotu", "-o", "{o}", "--eval-samples", "-1"], "--eval-samples -1 is below 0"),
+    (["soft", "{m}", "--data", "builtin:sotu", "-o", "{o}", "--eval-batch-size", "0"], "--eval-batch-size 0 is below 1"),
+])
+def test_one_evaluation_validator_names_each_commands_flag(tiny_models, tmp_path, args, message):
+    r = run_cli(*[a.format(m=tiny_models["llama"], o=tmp_path / "o") for a in args])
+    assert r.exit_code != 0 and message in r.output, r.output
+    assert not (tmp_path / "o").exists()

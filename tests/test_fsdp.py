@@ -16,8 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from surgeon.testing import corpus, load_model, load_weights
-from tests.conftest import run_cli
+from surgeon.testing import corpus, load_model, load_weights, run_cli
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 TOL = 1e-3  # the tolerance; measured differences are printed (pytest -s) and far below it

@@ -6,8 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from surgeon.testing import tree_digest
-from tests.conftest import run_cli
+from surgeon.testing import run_cli, tree_digest
 
 TYPES = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention"]
 

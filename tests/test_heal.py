@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 
 from surgeon.errors import DataError, UsageError
-from surgeon.testing import corpus
+from surgeon.testing import corpus, run_cli
 from surgeon.train import ModelSetup, TrainConfig, data_indices, effective_warmup, lr_factor
-
-from .conftest import run_cli
 
 SEQ = 32
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from surgeon.commands.inspect import inspect_checkpoint
-from tests.conftest import run_cli
+from surgeon.testing import run_cli
 
 
 def _loaded_param_count(path):
@@ -50,10 +50,43 @@ def test_inspect_table_renders(tiny_models):
     assert "max_window_layers" in res.stdout and "qwen2" in res.stdout
 
 
+# Walks the click group (commands and sub-groups such as `manifest show`), runs `--help` of each, and
+# names the first command whose help pulled in a heavy module. Run in a fresh interpreter.
+_HELP_WALK = """
+import json, sys
+import click
+from click.testing import CliRunner
+from surgeon.cli import main
+
+HEAVY = ("torch", "transformers")
+seen, culprit = [], None
+
+def walk(cmd, ctx, path):
+    global culprit
+    r = CliRunner().invoke(main, [*path, "--help"])
+    assert r.exit_code == 0 and "Usage:" in r.output, (path, r.output)
+    seen.append(" ".join(path))
+    heavy = [m for m in HEAVY if m in sys.modules]
+    if heavy and culprit is None:
+        culprit = [" ".join(path), heavy]
+    if isinstance(cmd, click.Group):
+        for name in cmd.list_commands(ctx):
+            sub = cmd.get_command(ctx, name)
+            walk(sub, click.Context(sub, info_name=name, parent=ctx), [*path, name])
+
+walk(main, click.Context(main, info_name="surgeon"), [])
+print(json.dumps({"seen": seen, "culprit": culprit}))
+"""
+
+
 def test_help_is_fast_and_imports_no_torch():
-    code = "import sys, time; t=time.time(); from surgeon.cli import main; import surgeon.cli.inspect, surgeon.cli.demo, surgeon.cli.import_gguf; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    """`surgeon X --help` for every command and sub-command imports neither torch nor transformers."""
+    from surgeon.cli import COMMANDS
+
+    out = subprocess.run([sys.executable, "-c", _HELP_WALK], capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["culprit"] is None, f"`surgeon {res['culprit'][0]} --help` imports {res['culprit'][1]}"
+    assert set(COMMANDS) <= set(res["seen"]) and "manifest show" in res["seen"], res["seen"]
     t = time.time()
     subprocess.run([sys.executable, "-m", "surgeon", "--help"], capture_output=True, check=True)
     assert time.time() - t < 2.0

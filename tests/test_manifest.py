@@ -16,8 +16,7 @@ from surgeon.manifest.check import check_checkpoint
 from surgeon.manifest.model import ManifestError
 from surgeon.manifest.store import read_header_copy, read_manifest
 from surgeon.surgery import plan_extract_depth, plan_layers, plan_prune
-from surgeon.testing import load_model, logits
-from tests.conftest import run_cli
+from surgeon.testing import load_model, logits, run_cli
 from tests.test_reference_reader import ref
 
 IDS = torch.tensor([[1, 17, 42, 99, 7, 250, 3, 64, 12, 5, 301, 77, 8, 19, 200, 33]])
@@ -45,7 +44,7 @@ def test_prune_and_extract_outputs_validate(family_model, tmp_path):
     write_output(plan_prune(Checkpoint.open(path), 1, 2), tmp_path / "pruned")
     write_output(plan_extract_depth(Checkpoint.open(path), 3), tmp_path / "extracted")
     for out, n in ((tmp_path / "pruned", 4), (tmp_path / "extracted", 3)):
-        report = check_checkpoint(out, verify=True)
+        report = check_checkpoint(out, verify=True, loader=surgeon.load)
         assert [e.num_layers for e in report.exits] == [n]
         assert report.exits[0].verified == "exact" and report.header_copy == "copy"
         m, warnings = read_manifest(out)
@@ -69,7 +68,7 @@ def test_sharded_output_carries_the_copy_in_the_index(tiny_sharded, tmp_path):
     assert (out / "model.safetensors.index.json").is_file()
     value, where = read_header_copy(out)
     assert where == "model.safetensors.index.json" and [e["name"] for e in value["exits"]] == ["depth-3", "full"]
-    report = check_checkpoint(out, verify=True)
+    report = check_checkpoint(out, verify=True, loader=surgeon.load)
     assert report.header_copy == "copy" and [e.verified for e in report.exits] == ["exact", "exact"]
     m = ref.read_manifest(str(out / "model.safetensors.index.json"))
     assert "weights" not in m and m["exits"] == value["exits"]  # the header copy carries no file hashes
@@ -211,7 +210,7 @@ def test_manifest_command_measures_quality_against_heldout_loss(tiny_models, tmp
     assert 0 <= q["depth-2"]["top1_agreement"]["value"] < 1
     shallow = heldout_loss(surgeon.load(src, exit=2), data)
     assert q["depth-2"]["loss"]["value"] == pytest.approx(shallow.loss, abs=1e-5)
-    assert check_checkpoint(tmp_path / "m", verify=True).hashes_verified
+    assert check_checkpoint(tmp_path / "m", verify=True, loader=surgeon.load).hashes_verified
 
 
 def test_manifest_in_place_and_stale_detection(tiny_models, tmp_path):
@@ -225,7 +224,7 @@ def test_manifest_in_place_and_stale_detection(tiny_models, tmp_path):
     after, _ = read_manifest(model)
     assert [e["quality"] for e in after["exits"]] == [e["quality"] for e in before["exits"]]
     assert len(after["exits"][0]["quality"]) == 4
-    report = check_checkpoint(model, verify=True)  # save_pretrained left no header room: sidecar only
+    report = check_checkpoint(model, verify=True, loader=surgeon.load)  # save_pretrained left no header room: sidecar only
     assert report.header_copy == "absent" and any("no header copy" in w for w in report.warnings)
     assert [e.name for e in report.exits] == ["depth-3", "full"]
     # config.json edited after the manifest -> stale
@@ -275,14 +274,14 @@ def test_validate_catches_tampering(sorted_llama, tmp_path):
     side.write_text(json.dumps(m))
     check_checkpoint(out)  # structure is fine...
     with pytest.raises(ManifestError, match="does not reproduce its verification record"):
-        check_checkpoint(out, verify=True)  # ...the logits are not
+        check_checkpoint(out, verify=True, loader=surgeon.load)  # ...the logits are not
     # corrupt weights: size unchanged, hash differs
     side.write_text(good)
     data = bytearray((out / "model.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (out / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(ManifestError):
-        check_checkpoint(out, verify=True)
+        check_checkpoint(out, verify=True, loader=surgeon.load)
 
 
 def test_large_manifest_rides_as_a_pointer(tiny_models, tmp_path):
@@ -329,7 +328,7 @@ def test_smollm2_sharded_exits_load_and_verify(smollm2, tmp_path):
     out = tmp_path / "smol"
     write_output(plan_layers(Checkpoint.open(smollm2), range(30), "manifest"), out, max_shard_bytes=100_000_000,
             exits=[{"layers": list(range(8))}, {"layers": list(range(16))}])
-    report = check_checkpoint(out, verify=True)
+    report = check_checkpoint(out, verify=True, loader=surgeon.load)
     assert [e.name for e in report.exits] == ["depth-8", "depth-16", "full"]
     assert all(e.verified == "exact" for e in report.exits)
     write_output(plan_extract_depth(Checkpoint.open(out), 8), tmp_path / "d8")
@@ -342,7 +341,7 @@ def test_cli_declares_width_exits(tiny_models, tmp_path):
 
     import surgeon
     from surgeon.exits import parse_exits
-    from tests.conftest import run_cli
+    from surgeon.testing import run_cli
 
     cfg = json.loads((tiny_models["llama"] / "config.json").read_text())
     got = parse_exits("3,6:ffn=0.5,4:ffn=32:heads=2", 6, cfg)

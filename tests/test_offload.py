@@ -10,11 +10,10 @@ import random
 import pytest
 
 from surgeon.eval import measure_exits
+from surgeon.eval.streamed import StreamedModel
 from surgeon.exits import ExitSpec
 from surgeon.io.checkpoint import Checkpoint
-from surgeon.offload import StreamedModel
-from surgeon.testing import load_model
-from tests.conftest import run_cli
+from surgeon.testing import load_model, run_cli
 
 FAMILIES = ["llama", "gemma3_text", "qwen2"]
 EVAL = ["--data", "builtin:sotu", "--samples", "5", "--seq-len", "24", "--batch-size", "2", "--json"]

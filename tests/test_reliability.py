@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from surgeon.errors import CheckpointError, SurgeonError
 from surgeon.io.checkpoint import Checkpoint
 from surgeon.io.safetensors_header import read_header
-from tests.conftest import run_cli
+from surgeon.testing import run_cli
 
 # Runs the CLI in a child process that SIGKILLs itself at a chosen point of the write.
 KILLER = r"""

@@ -9,9 +9,7 @@ import pytest
 
 from surgeon.errors import UsageError
 from surgeon.exits import default_exits, exit_name, parse_depths
-from surgeon.testing import load_model
-
-from .conftest import run_cli
+from surgeon.testing import load_model, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 

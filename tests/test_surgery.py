@@ -9,8 +9,7 @@ import torch
 from surgeon.io.checkpoint import Checkpoint
 from surgeon.surgery import execute, plan_extract_depth, plan_prune
 from surgeon.surgery.inmemory import keep_layers_in_memory
-from surgeon.testing import load_model, logits, tree_digest
-from tests.conftest import run_cli
+from surgeon.testing import load_model, logits, run_cli, tree_digest
 
 IDS = torch.tensor([[1, 17, 42, 99, 7, 250, 3, 64, 12, 5, 301, 77, 8, 19, 200, 33, 45, 11, 90, 120]])
 
@@ -203,6 +202,7 @@ def test_rewrite_opens_no_output_file_for_reading(tiny_models, tiny_sharded, tmp
     import io
 
     import surgeon.manifest.stamp as stamp
+    from surgeon import load
     from surgeon.manifest.check import check_checkpoint
 
     monkeypatch.setattr(stamp, "VERIFY_MAX_PARAMETERS", 0)
@@ -234,7 +234,7 @@ def test_rewrite_opens_no_output_file_for_reading(tiny_models, tiny_sharded, tmp
     monkeypatch.undo()
     assert r.exit_code == 0, r.output
     assert reads == []
-    rep = check_checkpoint(out, verify=True)  # what was hashed while writing is what is on disk
+    rep = check_checkpoint(out, verify=True, loader=load)  # what was hashed while writing is what is on disk
     assert rep.hashes_verified and rep.header_copy == "copy"
     assert (len(list(out.glob("*.safetensors"))) > 1) == sharded
 
@@ -248,6 +248,7 @@ def test_rewrite_without_kernel_copy_writes_the_same_bytes(tiny_sharded, tmp_pat
     import errno
 
     import surgeon.manifest.stamp as stamp
+    from surgeon import load
     from surgeon.io import writer
     from surgeon.manifest.check import check_checkpoint
 
@@ -264,7 +265,7 @@ def test_rewrite_without_kernel_copy_writes_the_same_bytes(tiny_sharded, tmp_pat
     assert run_cli("prune", tiny_sharded, *args, "-o", tmp_path / "chunked").exit_code == 0
     monkeypatch.undo()
     for out in ("kernel", "chunked"):
-        assert check_checkpoint(tmp_path / out, verify=True).hashes_verified
+        assert check_checkpoint(tmp_path / out, verify=True, loader=load).hashes_verified
     files = sorted(p.name for p in (tmp_path / "kernel").iterdir())
     assert files == sorted(p.name for p in (tmp_path / "chunked").iterdir())
     assert sum(f.endswith(".safetensors") for f in files) > 1

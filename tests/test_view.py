@@ -8,8 +8,7 @@ import warnings
 import pytest
 import torch
 
-from surgeon.testing import copy_checkpoint, load_weights, tree_digest
-from tests.conftest import run_cli
+from surgeon.testing import copy_checkpoint, load_weights, run_cli, tree_digest
 
 IDS = torch.tensor([[1, 17, 33, 5, 250, 9, 71, 2, 14, 40]])
 

@@ -8,15 +8,14 @@ import random
 
 import pytest
 
+from surgeon.analyze.importance import width_importance
 from surgeon.arch.registry import resolve_family
 from surgeon.errors import UsageError
 from surgeon.io.checkpoint import Checkpoint
 from surgeon.surgery import execute
 from surgeon.surgery.inmemory import keep_layers_in_memory
-from surgeon.testing import load_model, logits
+from surgeon.testing import load_model, logits, run_cli
 from surgeon.width import plan_width, resolve_width
-from surgeon.width.importance import width_importance
-from tests.conftest import run_cli
 
 IDS = [[1, 5, 9, 22, 100, 7, 8, 9, 10, 200, 31, 4]]
 

@@ -5,6 +5,7 @@
 - :func:`~.similarity.layer_similarity` / :func:`~.offload.offloaded_similarity`: the distance
   table of a loaded model (forward hooks) or of a checkpoint streamed one layer at a time.
 - :mod:`.report`: l*(n) (eq. 6), ``analysis.json`` and the heatmap.
+- :func:`~.importance.width_importance`: the importance of FFN channels and KV groups (``sort-width``).
 """
 
 from __future__ import annotations

@@ -9,20 +9,11 @@ from pathlib import Path
 from ..devices import compute_dtype, load_causal_lm, resolve_device
 from ..errors import CheckpointError
 from ..progress import Progress
+from ..tokenizer import load_tokenizer
 from ..units import short_name
 from .report import AnalysisResult, build_result
 
 log = logging.getLogger(__name__)
-
-
-def load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} has no usable tokenizer ({e.__class__.__name__})",
-                              "the analysis tokenizes the calibration text: put the tokenizer files beside the weights") from None
 
 
 def compute_analysis(model: Path, data: str = "c4", *, samples: int = 256, seq_len: int = 1024, pack: bool = False,

@@ -1,6 +1,6 @@
 """``analyze --offload layer``: the similarity analysis with one decoder layer in memory at a time.
 
-The layer-streamed engine (:class:`surgeon.offload.StreamedModel`) runs the full stack layer-major;
+The layer-streamed engine (:class:`surgeon.eval.streamed.StreamedModel`) runs the full stack layer-major;
 each layer's input and output feed the same accumulator as the in-memory path. The LM head is
 never read. Peak memory: the activations of all samples + the larger of the embedding and one layer.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..offload import Stream, StreamedModel
+from ..eval.streamed import Stream, StreamedModel
 from ..progress import Progress
 from .similarity import Batch, SimilarityAccumulator, SimilarityTable
 

@@ -160,7 +160,7 @@ class SimilarityAccumulator:
         d.fill_diagonal_(0.0)
         bi = [float(s / max(t, 1)) for s, t in zip(self.bi_sum.tolist(), self.bi_tokens)]
         if not all(math.isfinite(x) for row in d.tolist() for x in row):
-            raise RuntimeError("the angular distances are not finite (NaN/inf activations); try --dtype fp32")
+            raise RuntimeError("the angular distances are not finite (NaN/inf activations); try --compute-dtype fp32")
         return SimilarityTable(self.L, self.samples, self.bi_tokens[0], d.tolist(), bi)
 
 

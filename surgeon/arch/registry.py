@@ -55,10 +55,6 @@ class Family:
         return tuple(p.rsplit(".", 1)[-1] for p in self.ffn.values())
 
     @property
-    def attention_modules(self) -> tuple[str, ...]:
-        return tuple(p.rsplit(".", 1)[-1] for p in self.attention.values())
-
-    @property
     def config_layer_keys(self) -> tuple[str, ...]:
         """Every config key that this family knows to depend on layers."""
         return self.per_layer_lists + self.layer_threshold_keys + self.layer_index_keys + self.tail_count_keys

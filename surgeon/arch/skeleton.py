@@ -1,5 +1,5 @@
 """A checkpoint's model with empty (meta) parameters, and checked reads of its tensors: what the
-layer-streamed engine (:mod:`surgeon.offload`), the NF4 loader and the sharded (FSDP) loader build on."""
+layer-streamed engine (:mod:`surgeon.eval.streamed`), the NF4 loader and the sharded (FSDP) loader build on."""
 
 from __future__ import annotations
 

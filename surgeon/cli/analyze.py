@@ -22,7 +22,7 @@ def analyze_cmd(model: Path, as_json: bool, **kwargs) -> None:
     residual stream entering layer l and entering layer l+n (x_L is the last layer's output
     before the final norm), averaged over the calibration samples; the best block l*(n) (over
     all blocks, and over blocks that keep the final layer); and ShortGPT's Block Influence per
-    layer. Writes analysis.json and angular_distance.png to --out.
+    layer. Writes analysis.json and angular_distance.png to -o/--output.
     """
     from ..commands import analyze
 

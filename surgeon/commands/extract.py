@@ -32,8 +32,8 @@ class ExtractOptions(OutputOptions):
                                 "(uniform across layers).")
     heads: str | None = opt(None, "Keep the first attention heads of every layer: a fraction or a count, in whole "
                                   "KV groups with GQA (uniform across layers).")
-    exit: str | None = opt(None, "Extract this exit of the sorted manifest (a name, or a layer count).",
-                           metavar="NAME")
+    exit: str | None = opt(None, "Extract this exit of the sorted manifest (a name, or a layer count; or a narrowed "
+                                 "prefix K:ffn=F:heads=H).", metavar="NAME")
     max_params: str | None = opt(None, "Extract the largest manifest exit with at most this many parameters "
                                        "(e.g. 1.5e9, 135M).")
     max_flops: str | None = opt(None, "Extract the largest manifest exit with at most this many FLOPs per token.")
@@ -83,15 +83,12 @@ def build_plan(opts: ExtractOptions) -> Plan:
 
 
 def _plan_manifest_exit(ckpt: Checkpoint, opts: ExtractOptions, options: dict) -> Plan:
-    from ..exits import resolve_exit
     from ..manifest.build import exit_plan
-    from ..manifest.store import read_manifest
+    from ..manifest.resolve import resolve_checkpoint_exit
 
-    found = read_manifest(ckpt.path)
     budget = {k: parse_count(v, f"--{k.replace('_', '-')}") for k, v in
               (("max_params", opts.max_params), ("max_flops", opts.max_flops)) if v is not None}
-    choice = resolve_exit(opts.exit, ckpt.num_layers, found[0]["exits"] if found else (), where=str(ckpt.path),
-                          **budget)
+    choice = resolve_checkpoint_exit(ckpt, opts.exit, **budget).exit
     plan = exit_plan(ckpt, choice.layers, choice.widths, opts.dtype)
     options = dict(options, exit=choice.name, exit_layers=choice.layers, exit_widths=choice.widths)
     return replace(plan, operation="extract", options=dict(plan.options, **options))
@@ -99,16 +96,16 @@ def _plan_manifest_exit(ckpt: Checkpoint, opts: ExtractOptions, options: dict) -
 
 def nested_exits(plan: Plan) -> list[dict] | None:
     """Exits of the source manifest that are prefixes of an extracted prefix exit (still valid in the output)."""
-    from ..manifest.store import read_manifest
+    from ..manifest.resolve import checkpoint_manifest
 
     kept = list(plan.kept_layers)
     if plan.options.get("exit_widths") or plan.options.get("width") or kept != list(range(len(kept))):
         return None
-    found = read_manifest(plan.source)
-    if not found:
+    manifest = checkpoint_manifest(plan.source)
+    if not manifest:
         return None
     return [{"name": e["name"], "layers": list(e["layers"]), "quality": [q for q in e.get("quality") or [] if "reference" not in q]}
-            for e in found[0]["exits"] if not e.get("widths") and e["layers"] == kept[:len(e["layers"])]]
+            for e in manifest["exits"] if not e.get("widths") and e["layers"] == kept[:len(e["layers"])]]
 
 
 def run(opts: ExtractOptions, progress: Progress | None = None) -> ExtractResult:

@@ -10,15 +10,15 @@ from pathlib import Path
 
 from ..errors import OutputError, UsageError
 from ..io.gguf_layers import GgufLayersResult, add_layer_metadata
-from ..options import opt
+from ..options import OutputFolder, opt, with_default
 
 
 @dataclass(frozen=True, kw_only=True)
-class FixGgufOptions:
+class FixGgufOptions(OutputFolder):
     gguf: Path = opt(help="A GGUF file converted by llama.cpp's convert_hf_to_gguf.py.", cli=False)
     model: Path = opt(None, "The Hugging Face folder it was converted from (its config.json's layer_types).")
-    output: Path | None = opt(None, "The fixed GGUF file to write.", flags=("-o", "--output"))
-    force: bool = opt(False, "Replace an existing output file.")
+    output: Path | None = with_default(OutputFolder, "output", None, "The fixed GGUF file to write.")
+    force: bool = with_default(OutputFolder, "force", False, "Replace an existing output file.")
 
     def __post_init__(self):
         if self.model is None or self.output is None:

@@ -35,7 +35,8 @@ class GenerateOptions(DeviceMapOptions):
     top_p: float = opt(1.0, "Nucleus sampling mass (with --sample).")
     seed: int = opt(0, "Sampling seed (with --sample).")
     chat: bool = opt(False, "Wrap the prompt in the tokenizer's chat template.")
-    dtype: str | None = opt(None, "Load the weights in this dtype (default: as stored).", choices=FLOAT_CHOICES)
+    compute_dtype: str | None = opt(None, "Load and run the model in this dtype (default: as stored).",
+                                    choices=FLOAT_CHOICES, aliases=("--dtype",))
     kernels: str = opt("stock", "CPU kernels for the linear layers: stock (PyTorch's) or onednn (prepacked weights: "
                                 "faster decoding and near-free verification of drafts; the linear layers' memory "
                                 "doubles).", choices=("stock", "onednn"))
@@ -95,8 +96,8 @@ def run(opts: GenerateOptions) -> GenerateReport:
     """Load ``opts.model`` once and generate as the options say (plus the full-model baseline with --compare)."""
     from ..runtime.sorted_model import SortedModel
 
-    sm = SortedModel.from_pretrained(opts.model, dtype=opts.dtype, kernels=opts.kernels, device=opts.device,
-                                     device_map=opts.device_map, max_memory=opts.max_memory)
+    sm = SortedModel.from_pretrained(opts.model, dtype=opts.compute_dtype, kernels=opts.kernels, device=opts.device,
+                                     device_map=opts.device_map, max_memory=opts.max_memory, require_tokenizer=True)
     ids = sm.encode(opts.prompt, chat=opts.chat)
     kw = dict(max_new_tokens=opts.max_new_tokens, do_sample=opts.sample, temperature=opts.temperature,
               top_p=opts.top_p, seed=opts.seed)

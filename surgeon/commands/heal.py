@@ -6,7 +6,7 @@ warm-up capped at 10% then cosine, peak LR 3e-4, optionally a ``--distill`` loss
 teacher. Evaluations: the held-out loss of the source (``before``), of the model as trained
 (``trained``, with the 4-bit base under NF4) and of the exact weights the output holds, the LoRA
 delta added to the original float weights (``after``); ``before`` and ``after`` are layer-streamed
-(:class:`surgeon.offload.StreamedModel`), so no float copy of the model is loaded. All three are
+(:class:`surgeon.eval.streamed.StreamedModel`), so no float copy of the model is loaded. All three are
 recorded in the provenance.
 ``--save-adapter`` also writes the peft adapter to ``OUT/adapter``.
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..arch.legacy import with_legacy_keys
 from ..errors import CheckpointError, UsageError
 from ..io.atomic import atomic_output, check_output
-from ..options import opt
+from ..options import OutputFolder, OutputOptions, opt, with_default
 from ..provenance import operation, sha256_file, write_chain
 from ..units import FLOAT_CHOICES, torch_name
 
@@ -24,16 +24,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ImportOptions:
+class ImportOptions(OutputFolder):
     gguf_file: Path = opt(help="The .gguf file.", cli=False)
-    output: Path | None = opt(None, "Output checkpoint folder.", flags=("-o", "--output"))
-    dtype: str = opt("fp32", "Float dtype of the dequantized weights (fp32 keeps GGUF values exactly).",
-                     choices=FLOAT_CHOICES)
-    force: bool = opt(False, "Replace a non-empty output folder.")
+    # the output cast, as everywhere: here the dtype the dequantized weights are written in
+    dtype: str = with_default(OutputOptions, "dtype", "fp32",
+                              "Float dtype of the dequantized weights (fp32 keeps GGUF values exactly).")
 
     def __post_init__(self):
-        if self.output is None:
-            raise UsageError("-o/--output is required", "give an output folder for the imported checkpoint")
+        self.check_output_folder("imported checkpoint")
 
 
 @dataclass
@@ -74,6 +72,7 @@ def import_gguf(gguf_file: str | Path, out: str | Path, dtype: str = "fp32", for
     folder, name = str(gguf_file.parent), gguf_file.name
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch_dtype)
+        # the tokenizer inside the GGUF file, not a folder's files: not surgeon.tokenizer.load_tokenizer
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except (ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(

@@ -17,33 +17,36 @@ from pathlib import Path
 from ..errors import UsageError
 from ..exits import parse_exits, prefix_depth
 from ..io.checkpoint import Checkpoint
-from ..manifest.build import build_manifest, normalize_exits, quality_records
+from ..loading import load
+from ..manifest.build import build_manifest, normalize_exits, quality_record_fields, quality_records
 from ..manifest.check import ValidationReport, check_checkpoint
 from ..manifest.stamp import write_in_place
 from ..manifest.store import read_sidecar
-from ..options import PlacementOptions, opt
+from ..options import EvaluationOptions, OutputFolder, PlacementOptions, opt, with_default
 from ..progress import Progress
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class ManifestOptions(PlacementOptions):
+class ManifestOptions(OutputFolder, EvaluationOptions, PlacementOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
-    output: Path | None = opt(None, "Write a copy of MODEL with the manifest here.", flags=("-o", "--output"))
+    output: Path | None = with_default(OutputFolder, "output", None, "Write a copy of MODEL with the manifest here.")
     in_place: bool = opt(False, "Write the manifest into MODEL itself (sidecar + header copy; weights untouched unless "
                                 "--align-shards).")
     exits: str | None = opt(None, "Exits: layer counts `4,8,12` (narrowed: `24:ffn=0.5:heads=6`), `all`, or "
                                   "`NAME=I,J,...;...`. "
                                   "Default: the existing manifest's exits, else the full model.", metavar="SPEC")
-    eval_data: str | None = opt(None, "Held-out data to measure each exit on (e.g. builtin:sotu, c4, file.txt).",
-                                metavar="SPEC")
-    samples: int = opt(32, "Evaluation sequences.")
-    seq_len: int = opt(256, "Tokens per evaluation sequence.")
-    batch_size: int = opt(4, "Evaluation batch size.")
+    eval_data: str | None = with_default(EvaluationOptions, "eval_data", None,
+                                         "Held-out data to measure each exit on (e.g. builtin:sotu, c4, file.txt).")
+    eval_samples: int = with_default(EvaluationOptions, "eval_samples", 32, "Evaluation sequences.",
+                                     flags=("--samples",))
+    seq_len: int = with_default(EvaluationOptions, "seq_len", 256)
+    eval_batch_size: int = with_default(EvaluationOptions, "eval_batch_size", 4, "Evaluation batch size.",
+                                        flags=("--batch-size",))
     verify: bool | None = opt(None, "Record a verification hash per exit (loads each exit once, in fp32). Default: "
                                     "for models up to 150M parameters, like every surgeon output.")
-    force: bool = opt(False, "Replace a non-empty -o folder.")
+    force: bool = with_default(OutputFolder, "force", False, "Replace a non-empty -o folder.")
     align_shards: bool | None = opt(None, "Exit-aligned shards (shared tensors in their own file, every prefix exit "
                                           "ending at a file boundary) so `surgeon view` can link any exit. Default: on "
                                           "with -o; with --in-place it re-shards MODEL (streaming, atomic).")
@@ -52,8 +55,7 @@ class ManifestOptions(PlacementOptions):
         if self.in_place == (self.output is not None):
             raise UsageError("give exactly one of -o/--output and --in-place",
                              "write a copy with -o OUT, or update MODEL with --in-place")
-        if self.samples < 1 or self.seq_len < 2 or self.batch_size < 1:
-            raise UsageError("--samples, --batch-size must be >= 1 and --seq-len >= 2", "give larger values")
+        self.check_evaluation()
         self.check_placement()
 
 
@@ -69,17 +71,16 @@ def measure_quality(path: Path, exits: list[dict], opts: ManifestOptions, progre
                     ) -> tuple[dict[str, list[dict]], dict]:
     """Quality records per exit name (loss, perplexity, KL(full||exit), top-1 against the full exit,
     which ``exits`` lists last) on the held-out role of ``opts.eval_data``, and the data's description."""
-    from transformers import AutoTokenizer
-
     from ..data import parse_data_spec, training_examples
     from ..devices import compute_dtype, load_causal_lm, resolve_device
     from ..eval import measure_exits
+    from ..eval.streamed import StreamedModel
     from ..exits import ExitSpec
-    from ..offload import StreamedModel
+    from ..tokenizer import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = load_tokenizer(path)
     examples = list(training_examples(opts.eval_data, tok, seq_len=opts.seq_len, role="eval",
-                                      max_examples=opts.samples))
+                                      max_examples=opts.eval_samples))
     device = resolve_device(opts.device)
     # the stored dtype on CPU (what the records have always been measured in), bf16 compute on GPUs
     dtype = "auto" if device.type == "cpu" else compute_dtype(device)
@@ -88,14 +89,14 @@ def measure_quality(path: Path, exits: list[dict], opts: ManifestOptions, progre
     else:
         model = load_causal_lm(path, device=device, dtype=dtype, device_map=opts.device_map,
                                max_memory=opts.max_memory)
-    quality, tokens = measure_exits(model, examples, [ExitSpec.of(e) for e in exits], batch_size=opts.batch_size,
-                                    progress=progress)
+    quality, tokens = measure_exits(model, examples, [ExitSpec.of(e) for e in exits],
+                                    batch_size=opts.eval_batch_size, progress=progress)
     full = exits[-1]["name"]
-    common = {"data": opts.eval_data, "split": "eval", "tokens": tokens, "seq_len": max(len(x["input_ids"]) for x in examples),
-              "dtype": str(model.dtype).replace("torch.", ""), "samples": len(examples)}
+    common = quality_record_fields(data=opts.eval_data, tokens=tokens, seq_len=opts.seq_len, dtype=model.dtype,
+                                   samples=len(examples))
     records = {e["name"]: quality_records(q, common, full) for e, q in zip(exits, quality)}
     described = {"data": opts.eval_data, "source": parse_data_spec(opts.eval_data).describe(), "role": "eval",
-                 "samples": len(examples), "samples_requested": opts.samples, "seq_len": opts.seq_len,
+                 "samples": len(examples), "samples_requested": opts.eval_samples, "seq_len": opts.seq_len,
                  "num_tokens": sum(len(x["input_ids"]) for x in examples)}
     return records, described
 
@@ -125,30 +126,34 @@ def run(opts: ManifestOptions, progress: Progress | None = None) -> ManifestResu
         from .output import write_output
 
         plan = plan_layers(ckpt, list(range(ckpt.num_layers)), "manifest",
-                           options={"exits": opts.exits, "eval_data": opts.eval_data, "samples": opts.samples,
+                           options={"exits": opts.exits, "eval_data": opts.eval_data, "samples": opts.eval_samples,
                                     "seq_len": opts.seq_len, "align_shards": opts.align_shards is not False})
         target = opts.output if opts.output is not None else ckpt.path
         res = write_output(plan, target, force=opts.force, exits=exits, verify=opts.verify,
                            extra_provenance={"eval": described} if described else None,
                            align=opts.align_shards is not False, replace_source=opts.output is None)
         return ManifestResult(res.output, read_sidecar(res.output), bool(opts.eval_data), described)
-    m = write_in_place(ckpt.path, exits, opts.verify)
+    m = write_in_place(ckpt.path, exits, opts.verify, load)
     return ManifestResult(str(ckpt.path), m, bool(opts.eval_data), described)
 
 
 @dataclass(frozen=True)
 class ValidateOptions:
+    cli_command = "manifest validate"  # not a field: the subcommand these options belong to (options.command_name)
+
     path: Path = opt(help="Checkpoint folder, sorted_manifest.json, or a .safetensors file.", cli=False)
     verify: bool = opt(False, "Also check file sha256s and recompute each exit's verification logits.")
 
 
 def validate(opts: ValidateOptions) -> ValidationReport:
     """``surgeon manifest validate``: raise ManifestError on the first problem; warnings in the report."""
-    return check_checkpoint(opts.path, verify=opts.verify)
+    return check_checkpoint(opts.path, verify=opts.verify, loader=load)
 
 
 @dataclass(frozen=True)
 class ShowOptions:
+    cli_command = "manifest show"  # not a field: the subcommand these options belong to (options.command_name)
+
     path: Path = opt(help="Checkpoint folder with a sorted manifest.", cli=False)
     exit: str | None = opt(None, "Only this exit (a manifest exit name).", metavar="NAME")
     overrides: bool = opt(False, "Print, per prefix exit, the config keys that differ from the checkpoint's "

@@ -30,11 +30,12 @@ def write_output(plan: Plan, out: str | Path, *, force: bool = False, max_shard_
     ``align`` (default): when the exits include prefixes shorter than the model, write exit-aligned
     shards (:func:`exit_layout`), so ``surgeon view`` can link any of them.
     """
+    from ..loading import load
     from ..manifest.stamp import OutputStamp
 
     layout = exit_layout(plan, exits) if align else None
     return execute(plan, out, force=force, max_shard_bytes=max_shard_bytes, transforms=transforms,
-                   extra_provenance=extra_provenance, progress=progress, finalize=OutputStamp(exits, verify),
+                   extra_provenance=extra_provenance, progress=progress, finalize=OutputStamp(exits, verify, load),
                    layout=layout, replace_source=replace_source)
 
 

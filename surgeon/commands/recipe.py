@@ -5,7 +5,7 @@
 2. **budget the examples**: exactly ``steps x batch x grad_accum x processes`` training examples
    from ``--data`` (``role="train"``: never the held-out slice or the validation split) and
    ``--eval-samples`` held-out ones (``--eval-data``, default: the same data's held-out role);
-3. **evaluate before** on the source, layer-streamed (:class:`surgeon.offload.StreamedModel`; main process);
+3. **evaluate before** on the source, layer-streamed (:class:`surgeon.eval.streamed.StreamedModel`; main process);
 4. **train** (:func:`surgeon.train.load_trainable` + :func:`surgeon.train.train` with the recipe's
    ``loss_fn``; resumable checkpoints in ``OUT.checkpoints``); with ``--fsdp`` the model is sharded
    over the launched processes first (:mod:`surgeon.train.fsdp`) and its trainable parameters are
@@ -89,14 +89,14 @@ class Recipe:
 
     # -- the skeleton -----------------------------------------------------------------------------
     def run(self) -> RecipeRun:
-        from transformers import AutoTokenizer
-
         from ..data import parse_data_spec, training_examples
         from ..devices import resolve_device
         from ..io.atomic import check_output
         from ..io.checkpoint import Checkpoint
+        from ..tokenizer import load_tokenizer
         from ..train import load_trainable, seed_everything, train
         from ..train.model import checkpoint_family, distributed_state
+        from ..train.strategy import strategy_for
         from .output import save_merged
 
         opts, report = self.opts, self.report
@@ -112,7 +112,7 @@ class Recipe:
         self.prepare(ckpt)
         setup, cfg = opts.model_setup(), opts.train_config()
         check_output(Path(opts.output), Path(opts.model), opts.force)
-        tok = AutoTokenizer.from_pretrained(str(opts.model))
+        tok = load_tokenizer(opts.model)
 
         # -- budget the examples
         data = parse_data_spec(opts.data)
@@ -147,11 +147,8 @@ class Recipe:
         result = train(model, train_ex, cfg, loss_fn=loss_fn, checkpoint_dir=ckdir if cfg.save_every else None,
                        resume=opts.resume, progress=on_step, cpu=device.type == "cpu")
         del loss_fn
-        self.gathered = None
-        if opts.fsdp:  # every process takes part; the main process keeps the full trained tensors
-            from ..train.fsdp import gather_trained
-
-            self.gathered = gather_trained(model, main, self.output_dtype(ckpt))
+        # sharded: every process takes part, the main process keeps the full trained tensors (else None)
+        self.gathered = strategy_for(model).gather_trained(model, main, self.output_dtype(ckpt))
 
         # -- evaluate after (the exact output weights), write, clean up (main process only)
         after = out = None
@@ -190,11 +187,11 @@ class Recipe:
         return floats.pop() if len(floats) == 1 else torch.float32
 
     def streamed(self, device, transforms: dict | None = None):
-        """The source checkpoint layer-streamed in the compute dtype (:class:`surgeon.offload.StreamedModel`):
+        """The source checkpoint layer-streamed in the compute dtype (:class:`surgeon.eval.streamed.StreamedModel`):
         no float copy of the model beside the trained one. With ``transforms`` (the merge), each tensor
         is the output's: source + LoRA delta (or the trained weight), cast to the output dtype."""
         from ..devices import compute_dtype
-        from ..offload import StreamedModel
+        from ..eval.streamed import StreamedModel
         from ..units import torch_dtype
 
         out_dtype = torch_dtype(self.opts.dtype) if transforms is not None and self.opts.dtype else None

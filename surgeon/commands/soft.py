@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..exits import exit_name, parse_depths
-from ..manifest.build import quality_records
+from ..manifest.build import quality_record_fields, quality_records
 from ..options import DeviceOptions, OutputOptions, RecipeOptions, opt
 from ..progress import Progress
 from ..soft.losses import LOSS_MODES
@@ -163,9 +163,9 @@ class SoftRecipe(Recipe):
 
         after = run.after or _EMPTY
         L = self.num_layers
-        common = {"data": self.opts.eval_data or self.opts.data, "split": "eval", "tokens": max(after["tokens"], 1),
-                  "seq_len": self.opts.seq_len, "dtype": str(compute_dtype(self.device)).replace("torch.", ""),
-                  "samples": run.eval_examples}
+        common = quality_record_fields(data=self.opts.eval_data or self.opts.data, tokens=after["tokens"],
+                                       seq_len=self.opts.seq_len, dtype=compute_dtype(self.device),
+                                       samples=run.eval_examples)
         by_exit = {q.exit: q for q in after["quality"]}
         reference = exit_name(L) if L in self.depths else None
         out = []

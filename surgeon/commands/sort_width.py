@@ -6,7 +6,7 @@ fused Phi-3 ``gate_up_proj`` / ``qkv_proj`` segments), so the sorted model compu
 function: its logits equal the original's up to float summation order. Afterwards
 ``surgeon extract --ffn K --heads H`` keeps the most important channels and heads ("first k").
 
-Scores are activation-based (see :mod:`surgeon.width.importance`), measured on the training slice
+Scores are activation-based (see :mod:`surgeon.analyze.importance`), measured on the training slice
 of ``--data`` (``role="train"``: the held-out passages of a local file stay unseen).
 """
 
@@ -16,12 +16,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..analyze.importance import WidthImportance, width_importance
 from ..io.checkpoint import Checkpoint
 from ..options import CalibrationOptions, OutputOptions, PlacementOptions, as_record, opt, with_default
 from ..progress import Progress
 from ..surgery.execute import ExecuteResult
 from ..surgery.plan import Plan
-from ..width.importance import WidthImportance, width_importance
 from ..width.plan import plan_width
 from .output import write_output
 
@@ -59,18 +59,18 @@ class SortWidthResult:
 def run(opts: SortWidthOptions, progress: Progress | None = None) -> SortWidthResult:
     """Score channels/heads on calibration data, then stream out the permuted checkpoint."""
     import torch
-    from transformers import AutoTokenizer
 
     from ..arch.registry import resolve_family
     from ..data import calibration_samples
     from ..devices import load_causal_lm, resolve_device
-    from ..offload import StreamedModel
+    from ..eval.streamed import StreamedModel
+    from ..tokenizer import load_tokenizer
 
     ckpt = Checkpoint.open(opts.model)
     cfg = ckpt.text_config
     fam = resolve_family(cfg, ckpt.tensors)
     plan_width(ckpt)  # validate the architecture before the expensive part
-    tok = AutoTokenizer.from_pretrained(str(opts.model))
+    tok = load_tokenizer(opts.model)
     calib = calibration_samples(opts.data, tok, samples=opts.samples, seq_len=opts.seq_len, pack=opts.pack,
                                 role="train")
     device = resolve_device(opts.device)

@@ -30,21 +30,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OutputError, UsageError
-from ..exits import exit_name, prefix_depth
+from ..exits import default_name, prefix_depth
 from ..io.checkpoint import Checkpoint
-from ..options import opt
+from ..options import OutputFolder, opt, with_default
 from ..progress import Progress
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class ViewOptions:
+class ViewOptions(OutputFolder):
     model: Path = opt(help="A sorted checkpoint folder (with a sorted manifest).", cli=False)
-    exit: str = opt(None, "The exit to view: a manifest exit name, or a layer count.", metavar="NAME")
-    output: Path | None = opt(None, "The view folder to create (on the same file system for hard links).",
-                              flags=("-o", "--output"))
-    force: bool = opt(False, "Replace an existing view folder.")
+    exit: str = opt(None, "The exit to view: a manifest exit name, or a layer count (or a narrowed prefix "
+                          "K:ffn=F:heads=H, which is copied).", metavar="NAME")
+    output: Path | None = with_default(OutputFolder, "output", None,
+                                       "The view folder to create (on the same file system for hard links).")
+    force: bool = with_default(OutputFolder, "force", False, "Replace an existing view folder.")
 
     def __post_init__(self):
         if not self.exit:
@@ -85,23 +86,15 @@ def exit_files(ckpt: Checkpoint, layers: list[int]) -> tuple[list[str] | None, s
     return sorted(wanted), None
 
 
-def _source_exit(ckpt: Checkpoint, exit: str):
-    from ..exits import resolve_exit
-    from ..manifest.store import read_manifest
-
-    found = read_manifest(ckpt.path)
-    manifest = found[0] if found else None
-    choice = resolve_exit(exit, ckpt.num_layers, manifest["exits"] if manifest else (), where=str(ckpt.path))
-    return manifest, choice
-
-
 def run(opts: ViewOptions, progress: Progress | None = None) -> ViewResult:
     from ..io.atomic import check_output
+    from ..manifest.resolve import resolve_checkpoint_exit
 
     ckpt = Checkpoint.open(opts.model)
-    manifest, choice = _source_exit(ckpt, opts.exit)
+    resolved = resolve_checkpoint_exit(ckpt, opts.exit)
+    manifest, choice = resolved.manifest, resolved.exit
     if choice.name is None:
-        choice = type(choice)(exit_name(len(choice.layers)), list(choice.layers), choice.widths)
+        choice = type(choice)(default_name(choice.layers, choice.widths), list(choice.layers), choice.widths)
     out = Path(opts.output)
     check_output(out, ckpt.path, opts.force)
     layers = list(choice.layers)
@@ -124,7 +117,7 @@ def run(opts: ViewOptions, progress: Progress | None = None) -> ViewResult:
                       "put the view beside the source to link")
     log.info("view of %s: writing a copy of its tensors (%s)", choice.name, reason)
     named = any(e["name"] == choice.name for e in (manifest or {}).get("exits", []))
-    return _copy(ckpt, choice.name if named else str(len(layers)), choice, out, opts.force, reason, progress)
+    return _copy(ckpt, choice.name if named else opts.exit, choice, out, opts.force, reason, progress)
 
 
 def _link(ckpt: Checkpoint, manifest: dict | None, choice, files: list[str], out: Path, force: bool) -> ViewResult:

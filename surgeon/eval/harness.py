@@ -43,7 +43,7 @@ def run_tasks(path: str | Path, exits: list, tasks: list[str] | str, limit: int 
     lm_eval, HFLM = _import_harness()
     from ..runtime.sorted_model import SortedModel
 
-    sm = SortedModel.from_pretrained(path, dtype=dtype, device=device)
+    sm = SortedModel.from_pretrained(path, dtype=dtype, device=device, require_tokenizer=True)
     for e in exits:  # resolve every exit before the first (slow) run
         sm.layers_of(e)
     out: dict[str, Any] = {}

@@ -184,10 +184,10 @@ def measure_exits(model, examples: Sequence[dict], exits: Iterable[int | ExitSpe
                   mods: ExitModules | None = None) -> tuple[list[ExitQuality], int]:
     """Quality of every exit over ``examples`` (see module doc); returns ``(qualities in the order
     given, scored tokens)``. ``kl=True`` also runs the full depth to compare against. ``model`` is a
-    loaded model or a :class:`~surgeon.offload.StreamedModel` (one decoder layer in memory at a time)."""
+    loaded model or a :class:`~surgeon.eval.streamed.StreamedModel` (one decoder layer in memory at a time)."""
     import torch
 
-    from ..offload import StreamedModel
+    from .streamed import StreamedModel
 
     streamed = isinstance(model, StreamedModel)
     mods = None if streamed else (mods or exit_modules(model))
@@ -224,7 +224,7 @@ def measure_exits(model, examples: Sequence[dict], exits: Iterable[int | ExitSpe
 
 def _measure_streamed(sm, examples, passes, scores: _Scores, batch_size: int, progress) -> None:
     """:func:`measure_exits` layer-major: every pass is a stream; exit rows are kept until the head runs."""
-    from ..offload import Stream
+    from .streamed import Stream
 
     batches = [collate(examples[b:b + batch_size]) for b in range(0, len(examples), batch_size)]
     scored = [_scored(batch["labels"]) for batch in batches]
@@ -254,8 +254,8 @@ def _measure_streamed(sm, examples, passes, scores: _Scores, batch_size: int, pr
 def heldout_loss(model, data, batch_size: int = 8, progress: Progress | None = None,
                  chunk_tokens: int | None = None) -> LossResult:
     """Mean cross-entropy (nats) of ``model`` (the full model; loaded or a
-    :class:`~surgeon.offload.StreamedModel`) over all scored tokens of ``data``."""
-    from ..offload import StreamedModel
+    :class:`~surgeon.eval.streamed.StreamedModel`) over all scored tokens of ``data``."""
+    from .streamed import StreamedModel
 
     if batch_size < 1:
         raise DataError(f"batch size {batch_size} is below 1", "give --batch-size 1 or more")

@@ -180,9 +180,25 @@ def build_manifest(
     }
 
 
+def quality_record_fields(*, data: str, tokens: int, seq_len: int, dtype, samples: int) -> dict:
+    """The fields every quality entry of one measurement shares (SPEC §6.3), one meaning each, for
+    ``surgeon manifest --eval-data`` and the exits ``soft`` writes alike:
+
+    - ``data``: the data spec as given (``builtin:sotu``, ``c4``, a file path);
+    - ``split``: ``"eval"``: the spec's held-out role (held-out slice of a file, validation split);
+    - ``tokens``: the predicted tokens the metrics average over (labels that are not masked);
+    - ``seq_len``: the requested tokens per sequence (``--seq-len``); every sequence measured is at most
+      this long (text is cut into sequences of exactly it; an instruction example may be shorter);
+    - ``dtype``: the dtype the model's weights were in while measured (``float32``, ``bfloat16``);
+    - ``samples``: the number of sequences measured.
+    """
+    return {"data": data, "split": "eval", "tokens": max(int(tokens), 1), "seq_len": int(seq_len),
+            "dtype": str(dtype).replace("torch.", ""), "samples": int(samples)}
+
+
 def quality_records(q, common: dict, reference: str | None) -> list[dict]:
     """The manifest's quality entries of one :class:`~surgeon.eval.ExitQuality` (KL and top-1 only
-    when measured against ``reference``, the full exit)."""
+    when measured against ``reference``, the full exit); ``common``: :func:`quality_record_fields`."""
     out = [dict(common, metric="loss", value=round(q.loss, 6)),
            dict(common, metric="perplexity", value=round(q.perplexity, 6))]
     if reference is not None and q.kl_full_exit is not None:

@@ -7,6 +7,7 @@ checkpoint folder, a ``sorted_manifest.json`` file, or a single safetensors file
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,9 +59,15 @@ def _fail(problem: str, hint: str = "regenerate the manifest with `surgeon manif
     raise ManifestError(f"sorted manifest: {problem}", hint)
 
 
-def check_checkpoint(path: str | Path, verify: bool = False) -> ValidationReport:
-    """Validate the manifest of ``path`` (schema, tensors, config, header copy; hashes with ``verify``)."""
+def check_checkpoint(path: str | Path, verify: bool = False, loader: Callable | None = None) -> ValidationReport:
+    """Validate the manifest of ``path`` (schema, tensors, config, header copy; hashes with ``verify``).
+
+    ``verify`` also recomputes each exit's verification logits with ``loader`` (``surgeon.load``, or a
+    callable with its signature ``(path, exit, dtype=)``), which it then requires.
+    """
     path = Path(path)
+    if verify and loader is None:
+        raise TypeError("check_checkpoint(verify=True) loads each exit: pass loader=surgeon.load")
     if path.is_file() and path.suffix == ".safetensors":
         found = read_header_copy(path.parent, read_header(path).metadata)
         if found is None:
@@ -110,7 +117,7 @@ def check_checkpoint(path: str | Path, verify: bool = False) -> ValidationReport
         warnings.append(f"no header copy ({HEADER_KEY}) beside {MANIFEST_FILE}; runtimes reading only the weights "
                         "will not see the exits")
     if verify:
-        _verify_exits(folder, data, checks)
+        _verify_exits(folder, data, checks, loader)
     return ValidationReport(str(folder), MANIFEST_FILE, data["format_version"], checks, warnings, header, verify)
 
 
@@ -150,10 +157,9 @@ def _check_header(folder: Path, data: dict) -> str:
     return "copy"
 
 
-def _verify_exits(folder: Path, data: dict, checks: list[ExitCheck]) -> None:
+def _verify_exits(folder: Path, data: dict, checks: list[ExitCheck], load: Callable) -> None:
     import torch
 
-    from ..loading import load
     from .verify import compare_record, exit_logits
 
     for e, c in zip(data["exits"], checks):

@@ -12,12 +12,13 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ..io.checkpoint import INDEX_FILE, Checkpoint
 from .build import build_manifest, normalize_exits
 from .model import MANIFEST_FILE, ManifestError
-from .store import HEADER_KEY, _stamp_header, header_value, pointer_value, write_manifest
+from .store import HEADER_KEY, header_value, pointer_value, stamp_header, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,11 @@ VERIFY_MAX_PARAMETERS = 150_000_000
 
 
 def stamp(folder: str | Path, exits: list[dict] | None = None, provenance: list[dict] | None = None,
-          verify: bool | None = None, strict: bool = True) -> dict | None:
+          verify: bool | None = None, strict: bool = True, loader: Callable | None = None) -> dict | None:
     """Build, verify and write the manifest of the checkpoint in ``folder``; returns the manifest.
 
+    Verification records load each exit with ``loader`` (``surgeon.load``): ``verify=None`` verifies a
+    model up to :data:`VERIFY_MAX_PARAMETERS` when a loader is given; ``verify=True`` requires one.
     ``strict=False`` (what every surgeon output uses) turns a checkpoint that format version 1 cannot
     describe (e.g. non-uniform layers) into a warning and no manifest, and a model transformers
     cannot run into a manifest without verification records, instead of failing the whole output.
@@ -45,14 +48,16 @@ def stamp(folder: str | Path, exits: list[dict] | None = None, provenance: list[
         log.warning("no sorted manifest written for %s: %s", folder, e)
         return None
     if verify is None:
-        verify = ckpt.num_parameters <= VERIFY_MAX_PARAMETERS
+        verify = loader is not None and ckpt.num_parameters <= VERIFY_MAX_PARAMETERS
+    if verify and loader is None:
+        raise TypeError("verification records load each exit: pass loader=surgeon.load")
     records = {}
     if verify:
         from .verify import verification_record
 
         vocab = ckpt.text_config["vocab_size"]
         try:
-            records = {e["name"]: verification_record(folder, e, vocab) for e in exits}
+            records = {e["name"]: verification_record(folder, e, vocab, loader) for e in exits}
         except Exception as e:  # noqa: BLE001 - only with strict=False; the manifest is still valid without
             if strict:
                 raise
@@ -68,8 +73,8 @@ class OutputStamp:
     read back. Verification records (models up to :data:`VERIFY_MAX_PARAMETERS`) need the written
     model itself: then the output is loaded, the header re-stamped and hashed, as :func:`stamp` does."""
 
-    def __init__(self, exits: list[dict] | None, verify: bool | None = None):
-        self.exits, self.verify = exits, verify
+    def __init__(self, exits: list[dict] | None, verify: bool | None = None, loader: Callable | None = None):
+        self.exits, self.verify, self.loader = exits, verify, loader  # loader: surgeon.load, for verification
         self.manifest: dict | None = None
 
     def header(self, planned: Checkpoint, chain: list) -> dict[str, str]:
@@ -81,14 +86,14 @@ class OutputStamp:
             log.warning("no sorted manifest written for this output: %s", e)
             return {}
         if self.verify is None:
-            self.verify = planned.num_parameters <= VERIFY_MAX_PARAMETERS
+            self.verify = self.loader is not None and planned.num_parameters <= VERIFY_MAX_PARAMETERS
         return {} if self.verify else {HEADER_KEY: header_value(self.manifest)}
 
     def finish(self, folder: Path, written: list) -> None:
         if self.manifest is None:
             return
         if self.verify:
-            stamp(folder, self.exits, self.chain, True, strict=False)
+            stamp(folder, self.exits, self.chain, True, strict=False, loader=self.loader)
         else:
             write_manifest(folder, self.manifest, written)
 
@@ -116,10 +121,10 @@ def recover_in_place(folder: Path) -> bool:
         if previous:
             m = json.loads(previous)
             base = {k: v for k, v in m.items() if k != "weights"}
-            _stamp_header(folder, header_value(base), pointer_value(base))
+            stamp_header(folder, header_value(base), pointer_value(base))
             os.replace(t, side)
         else:
-            _stamp_header(folder, None)
+            stamp_header(folder, None)
             t.unlink()
     for leftover in (folder / (MANIFEST_FILE + ".tmp"), folder / (INDEX_FILE + ".tmp")):
         if leftover.exists():
@@ -128,8 +133,9 @@ def recover_in_place(folder: Path) -> bool:
     return did
 
 
-def write_in_place(folder: Path, exits: list[dict], verify: bool) -> dict:
-    """Back up the previous sidecar (so a crash can be undone by :func:`recover_in_place`), then stamp."""
+def write_in_place(folder: Path, exits: list[dict], verify: bool, loader: Callable | None = None) -> dict:
+    """Back up the previous sidecar (so a crash can be undone by :func:`recover_in_place`), then stamp
+    (``loader``: ``surgeon.load``, for verification records)."""
     recover_in_place(folder)
     side = folder / MANIFEST_FILE
     fd, tmp = tempfile.mkstemp(prefix=IN_PLACE_BACKUP, dir=folder)
@@ -140,7 +146,7 @@ def write_in_place(folder: Path, exits: list[dict], verify: bool) -> dict:
         os.fsync(f.fileno())
     side.unlink(missing_ok=True)  # no sidecar = "not committed" until the new one lands
     try:
-        m = stamp(folder, exits, None, verify)
+        m = stamp(folder, exits, None, verify, loader=loader)
     except BaseException:
         recover_in_place(folder)
         raise

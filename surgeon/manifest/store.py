@@ -70,7 +70,7 @@ def pointer_value(manifest: dict) -> str:
                       sort_keys=True, separators=(",", ":"))
 
 
-def _stamp_header(folder: Path, value: str | None, fallback: str | None = None) -> str:
+def stamp_header(folder: Path, value: str | None, fallback: str | None = None) -> str:
     """Put ``value`` (None: remove) under HEADER_KEY in the header; returns where it went."""
     index = folder / INDEX_FILE
     if index.is_file():
@@ -123,7 +123,7 @@ def write_manifest(folder: str | Path, manifest: dict, written: list | None = No
         stamped = "the header as written"
         files = [{"name": w.name, "bytes": w.bytes, "sha256": w.sha256} for w in written]
     else:
-        stamped = _stamp_header(folder, header_value(m), pointer_value(m))
+        stamped = stamp_header(folder, header_value(m), pointer_value(m))
         files = [{"name": f, "bytes": (folder / f).stat().st_size, "sha256": sha256_file(folder / f)}
                  for f in weight_files(folder)]
     m["weights"] = {"files": files}
@@ -192,59 +192,3 @@ def read_manifest(folder: str | Path) -> tuple[dict, list[str]] | None:
         return data, validate_manifest(data, header_copy=True)
     return data, validate_manifest(data)
 
-
-def read_exits(folder: str | Path, num_layers: int) -> dict[str, list[int]]:
-    """``name -> kept layers`` of the full-width exits of the checkpoint's manifest ({} when absent).
-
-    The validated reader is tried first (sidecar, else the header copy); a manifest it rejects (e.g. a
-    newer format version) is read tolerantly from the sidecar, since only ``exits[i].name`` and
-    ``exits[i].layers`` are needed; entries that cannot be used are skipped with a warning. Exits with
-    reduced widths are skipped too: shared full-width weights cannot serve them (extract them instead).
-    """
-    data = None
-    try:
-        found = read_manifest(folder)
-        data = found[0] if found else None
-    except Exception as e:  # noqa: BLE001 - an invalid or newer manifest: fall back to the tolerant reader
-        log.info("manifest of %s did not validate (%s); reading its exits tolerantly", folder, e)
-    if data is None:
-        f = Path(folder) / MANIFEST_FILE
-        if not f.is_file():
-            return {}
-        try:
-            data = json.loads(f.read_text())
-        except (OSError, ValueError) as e:
-            log.warning("ignoring unreadable %s: %s", f, e)
-            return {}
-    out: dict[str, list[int]] = {}
-    exits = data.get("exits") if isinstance(data, dict) else None
-    for e in exits if isinstance(exits, list) else []:
-        if not isinstance(e, dict):
-            continue
-        name, layers = e.get("name"), e.get("layers")
-        ok = (isinstance(name, str) and isinstance(layers, list) and layers
-              and all(isinstance(i, int) and 0 <= i < num_layers for i in layers)
-              and all(b > a for a, b in zip(layers, layers[1:])))
-        if not ok:
-            log.warning("ignoring manifest exit %r: needs a name and increasing layers in 0..%d", name, num_layers - 1)
-            continue
-        if e.get("widths"):
-            log.info("manifest exit %s has reduced widths; not served from the shared weights", name)
-            continue
-        out[name] = list(layers)
-    return out
-
-
-def recorded_exits(folder: str | Path, num_layers: int) -> tuple[int, ...]:
-    """Prefix exits recorded in the checkpoint: its sorted manifest, else the latest provenance entry
-    that lists ``exits`` (``soft``), else :func:`surgeon.exits.default_exits`."""
-    from ..exits import default_exits, parse_depths, prefix_depth
-    from ..provenance import read_chain
-
-    depths = sorted({d for d in (prefix_depth(v) for v in read_exits(folder, num_layers).values()) if d})
-    if depths:
-        return tuple(depths)
-    for entry in reversed(read_chain(Path(folder))):
-        if entry.get("exits"):
-            return parse_depths([int(n) for n in entry["exits"]], num_layers)
-    return default_exits(num_layers)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,10 @@ def exit_logits(model, token_ids: list[int]):
         return model(torch.tensor([token_ids]), use_cache=False).logits[0].float()
 
 
-def verification_record(path: str | Path, exit: str | int | dict | None, vocab_size: int) -> dict:
-    """Load ``exit`` of the checkpoint at ``path`` in float32 and record its logits on the fixed prompt."""
+def verification_record(path: str | Path, exit: str | int | dict | None, vocab_size: int, load: Callable) -> dict:
+    """Load ``exit`` of the checkpoint at ``path`` in float32 with ``load`` (``surgeon.load``, or a callable
+    with its signature) and record its logits on the fixed prompt."""
     import torch
-
-    from ..loading import load
 
     ids = prompt_ids(vocab_size)
     model = load(path, exit, dtype=torch.float32)

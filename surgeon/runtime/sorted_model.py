@@ -45,7 +45,7 @@ class SortedModel:
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: str | Any | None = None, device: Any = "cpu",
                         kernels: str = "stock", device_map: str | None = None,
-                        max_memory: str | None = None) -> SortedModel:
+                        max_memory: str | None = None, require_tokenizer: bool = False) -> SortedModel:
         """Load ``path`` (a Hugging Face checkpoint folder) once; ``dtype``: bf16/fp16/fp32 or a torch dtype
         (default: as stored). ``device``: a device or ``--device`` spelling (``auto``, ``cuda:1``, ...);
         ``device_map="auto"`` (+ ``max_memory``) spreads the layers over several devices.
@@ -53,6 +53,9 @@ class SortedModel:
         ``kernels="onednn"`` runs the linear layers through oneDNN with prepacked weights on CPU
         (:mod:`surgeon.runtime.kernels`: faster decoding, near-free multi-token verification, twice the
         linear layers' memory).
+
+        The tokenizer comes from :func:`surgeon.tokenizer.load_tokenizer`; a folder without one serves token
+        ids only (:meth:`encode` then raises), unless ``require_tokenizer`` makes that an error at once.
         """
         from ..devices import load_causal_lm, resolve_device
         from .kernels import KERNELS
@@ -63,25 +66,24 @@ class SortedModel:
         if cpu_only and (device_map or str(device) not in ("cpu", "auto")):
             raise UsageError(f"kernels {kernels!r} are CPU kernels", "use --kernels stock on an accelerator")
         device = resolve_device("cpu" if cpu_only else device) if isinstance(device, str) else device
-        from transformers import AutoTokenizer
-
         from ..io.checkpoint import Checkpoint
-        from ..manifest.store import read_exits
+        from ..manifest.resolve import full_width_exits
+        from ..tokenizer import load_tokenizer
 
         path = Path(path)
         ckpt = Checkpoint.open(path)  # clear errors for a missing config / weights
+        exits = full_width_exits(ckpt)  # before the weights: a manifest that fails validation is an error
+        # before the weights, so a missing tokenizer fails fast; without one the model serves token ids
+        tok = load_tokenizer(path, required=require_tokenizer)
+        if tok is None:
+            log.info("no tokenizer in %s; token ids only", path)
         model = load_causal_lm(path, device=device, dtype=dtype or "auto", device_map=device_map,
                                max_memory=max_memory)
-        tok = None
-        try:
-            tok = AutoTokenizer.from_pretrained(path)
-        except Exception as e:  # noqa: BLE001 - a checkpoint without tokenizer still serves token ids
-            log.info("no tokenizer in %s (%s); token ids only", path, e.__class__.__name__)
         if kernels == "onednn":
             from .kernels import pack_linears
 
             pack_linears(model)
-        return cls(model, tok, read_exits(path, ckpt.num_layers), path)
+        return cls(model, tok, exits, path)
 
     # -- exits -------------------------------------------------------------------------------------
     def layers_of(self, exit: int | str | None) -> tuple[int, ...]:
@@ -89,7 +91,13 @@ class SortedModel:
         if exit is None:
             return tuple(range(self.num_layers))
         named = [{"name": k, "layers": list(v)} for k, v in self.exits.items()]
-        return tuple(resolve_exit(exit, self.num_layers, named, where=str(self.path or "the model")).layers)
+        narrowed = isinstance(exit, str) and ":" in exit
+        config = self.model.config.get_text_config().to_dict() if narrowed else None
+        choice = resolve_exit(exit, self.num_layers, named, config=config, where=str(self.path or "the model"))
+        if choice.widths:
+            raise UsageError(f"exit {exit!r} narrows widths, which the shared weights cannot serve",
+                             f"extract it (surgeon extract MODEL --exit {exit} -o DIR) and run that")
+        return tuple(choice.layers)
 
     def exit_logits(self, input_ids: Any, exit: int | str | None = None) -> Any:
         """Logits of the sub-model ``exit`` for every position of ``input_ids`` ([batch, seq], no padding)."""
@@ -129,7 +137,11 @@ class SortedModel:
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
         """Token ids of ``prompt`` (through the chat template with ``chat=True``)."""
         if self.tokenizer is None:
-            raise UsageError("this checkpoint has no tokenizer", "pass token ids instead of text")
+            if self.path is not None:
+                from ..tokenizer import missing_tokenizer
+
+                raise missing_tokenizer(self.path)
+            raise UsageError("this model has no tokenizer", "pass token ids instead of text")
         if chat:
             if not getattr(self.tokenizer, "chat_template", None):
                 raise UsageError("the tokenizer has no chat template", "drop --chat")

@@ -99,6 +99,16 @@ class _Capture(nn.Module):
         return out
 
 
+def cache_keyword(model: Any) -> str:
+    """The name under which ``model.forward`` takes its KV cache: ``cache`` in recent transformers 5
+    releases (5.25 warns with a FutureWarning on ``past_key_values`` and drops it in 5.40), while 5.0 knows
+    only ``past_key_values`` (a ``cache=`` would vanish into its ``**kwargs``); ``transformers>=5.0`` admits both."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters  # follows the decorators' __wrapped__
+    return "cache" if "cache" in params else "past_key_values"
+
+
 @dataclass
 class StepOutput:
     """What one :meth:`Stack.forward` returns."""
@@ -126,6 +136,7 @@ class Stack:
         self._inject = _Inject()
         self._captures: dict[int, _Capture] = {}
         self._lists: dict[tuple, nn.ModuleList] = {}
+        self._cache_kw = cache_keyword(model)
 
     def _module_list(self, layers: tuple[int, ...], start: int | None, capture: bool) -> nn.ModuleList:
         key = (layers, start, capture)
@@ -183,7 +194,7 @@ class Stack:
         dev = self.model.device
         input_ids, positions = input_ids.to(dev), positions.to(dev)
         cache.ref = start if start is not None else layers[0]
-        kwargs = dict(input_ids=input_ids, position_ids=positions, past_key_values=cache, use_cache=True)
+        kwargs = {"input_ids": input_ids, "position_ids": positions, self._cache_kw: cache, "use_cache": True}
         if head:
             kwargs["logits_to_keep"] = logits_to_keep
         target = self.model if head else self.inner

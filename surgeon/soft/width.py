@@ -26,12 +26,12 @@ def parse_ffn_exits(spec: str | None, full: int) -> tuple[int, ...]:
     with ``full`` (the full width is always trained, as the full depth is)."""
     if spec is None:
         return ()
-    from ..width.plan import _count
+    from ..width.plan import width_count
 
     items = [p.strip() for p in spec.split(",")]
     if not all(items):
         raise UsageError(f"--ffn-exits {spec!r} has an empty item", "give comma-separated widths, e.g. 0.25,0.5,0.75,1.0")
-    counts = [_count(p, full, "ffn-exits") for p in items]
+    counts = [width_count(p, full, "ffn-exits") for p in items]
     for a, b in zip(counts, counts[1:]):
         if b <= a:
             raise UsageError(f"--ffn-exits must increase ({a} channels then {b})",

@@ -31,8 +31,10 @@ metrics, checkpoint)``
     (each process reads its own slice of every step's batch). A model built by
     ``surgeon.train.fsdp.load_sharded(path, setup, family, device)`` (FSDP2, under ``torchrun``)
     trains sharded: sharded gradients and optimizer state, sharded checkpoints
-    (``torch.distributed.checkpoint``, safetensors storage); ``surgeon.train.fsdp.gather_trained``
-    then brings the trained parameters to the main process for the merge.
+    (``torch.distributed.checkpoint``, safetensors storage); ``surgeon.train.strategy.strategy_for(model)
+    .gather_trained(model, main)`` then brings the trained parameters to the main process for the
+    merge (None for a model that is not sharded). What differs between the two lives in
+    :mod:`surgeon.train.strategy` (``Replicated``, ``Sharded``), not in branches through ``train``.
     Raises ``DataError`` when the examples do not fill one batch, ``UsageError`` on out of memory
     (naming --batch-size / --seq-len / --grad-accum), on a non-finite loss, or on a resume whose
     options or data differ from the checkpoint's.

@@ -13,7 +13,7 @@ See :mod:`surgeon.train` for the contract (``train``, ``loss_fn``, batches). Imp
   ``optimizer.pt`` (AdamW state: tensors and numbers only), ``rng-<rank>.pt`` (torch/cuda RNG
   states as tensors), ``state.json`` (step, losses, tokens, config, data fingerprint); a sharded
   (FSDP2) run writes ``shards/`` (one safetensors file per process) and ``optimizer.json`` instead of
-  the first two (:mod:`surgeon.train.fsdp`). It is built
+  the first two (:class:`~.strategy.Sharded`, :mod:`surgeon.train.fsdp`). It is built
   in ``<dir>/.step-00000012.partial`` and renamed into place; ``<dir>/latest`` (replaced
   atomically) names the newest complete one; older ones are removed. ``.pt`` files are read back
   with ``torch.load(weights_only=True)``: no pickled code is ever executed.
@@ -36,7 +36,7 @@ from pathlib import Path
 from ..data.training import collate
 from ..errors import DataError, UsageError
 from .config import TrainConfig
-from .model import load_trainable_state, trainable_state, use_cpu_processes
+from .model import use_cpu_processes
 from .schedule import effective_warmup, lr_factor, set_lr
 
 log = logging.getLogger(__name__)
@@ -161,30 +161,24 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     return p if name and (p / "state.json").is_file() else None
 
 
-def _save(acc, model, optimizer, checkpoint_dir: Path, step: int, state: dict, sharded: bool = False) -> Path:
+def _save(strategy, model, optimizer, checkpoint_dir: Path, step: int, state: dict) -> Path:
     import torch
-    from safetensors.torch import save_file
 
     name = f"step-{step:08d}"
     tmp = checkpoint_dir / f".{name}.partial"
     final = checkpoint_dir / name
-    if acc.is_main_process:
+    main = strategy.is_main_process
+    if main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-    acc.wait_for_everyone()
-    torch.save(_rng_state(), tmp / f"rng-{acc.process_index}.pt")
-    if sharded:  # every process writes its own shard (see surgeon.train.fsdp)
-        from .fsdp import save_shards
-
-        save_shards(tmp, model, optimizer, acc.is_main_process)
-    elif acc.is_main_process:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    if acc.is_main_process:
+    strategy.barrier()
+    torch.save(_rng_state(), tmp / f"rng-{strategy.rank}.pt")
+    strategy.save(tmp, model, optimizer)
+    if main:
         (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    acc.wait_for_everyone()
-    if acc.is_main_process:
+    strategy.barrier()
+    if main:
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
         pointer = checkpoint_dir / f".{LATEST}.tmp"
@@ -193,34 +187,23 @@ def _save(acc, model, optimizer, checkpoint_dir: Path, step: int, state: dict, s
         for old in checkpoint_dir.glob("step-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
-    acc.wait_for_everyone()
+    strategy.barrier()
     return final
 
 
-def _load(acc, model, optimizer, ckpt: Path, expect: dict, sharded: bool = False) -> dict:
+def _load(strategy, model, optimizer, ckpt: Path, expect: dict) -> dict:
     import torch
-    from safetensors.torch import load_file
 
     state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-    if (ckpt / "trainable.safetensors").is_file() == sharded:
-        kind, hint = (("a one-model (not --fsdp) checkpoint", "resume without --fsdp, as the interrupted run ran")
-                      if sharded else ("a sharded (--fsdp) checkpoint",
-                                       "resume with --fsdp under the same launch as the interrupted run"))
-        raise UsageError(f"cannot resume from {ckpt}: it is {kind}", hint)
+    strategy.check_format(ckpt)
     for key, value in expect.items():
         if state.get(key) != value:
             raise UsageError(
                 f"cannot resume from {ckpt}: it was written with {key}={state.get(key)!r}, this run has {value!r}",
                 "resume with the same options and data, or delete the checkpoint folder to start over",
             )
-    if sharded:
-        from .fsdp import load_shards
-
-        load_shards(ckpt, model, optimizer)
-    else:
-        load_trainable_state(model, load_file(str(ckpt / "trainable.safetensors")))
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
-    rng = ckpt / f"rng-{acc.process_index}.pt"
+    strategy.load(ckpt, model, optimizer)
+    rng = ckpt / f"rng-{strategy.rank}.pt"
     if rng.is_file():
         _set_rng_state(torch.load(rng, map_location="cpu", weights_only=True))
     return state
@@ -242,17 +225,17 @@ def train(
     """Train ``model`` in place for ``cfg.steps`` optimizer steps (see :mod:`surgeon.train`); ``cpu=True``
     trains on the CPU even when an accelerator is present. A model sharded by
     :func:`surgeon.train.fsdp.shard` trains under FSDP2 (sharded gradients and optimizer state,
-    sharded checkpoints); any other model under accelerate (DDP when several processes run)."""
+    sharded checkpoints); any other model under accelerate (DDP when several processes run): the
+    :class:`~surgeon.train.strategy.Strategy` of :func:`~surgeon.train.strategy.strategy_for`."""
     import torch
-    from accelerate import Accelerator
 
-    from .fsdp import clip_grad_norm, is_sharded
+    from .strategy import strategy_for
 
     examples = examples if isinstance(examples, Sequence) else list(examples)
     loss_fn = loss_fn or causal_lm_loss
     collate_fn = collate_fn or collate
-    acc = Accelerator(cpu=cpu or use_cpu_processes())
-    world = acc.num_processes
+    strategy = strategy_for(model, cpu=cpu or use_cpu_processes())
+    world, rank, device = strategy.world, strategy.rank, strategy.device
     if len(examples) < cfg.batch_size * world:
         raise DataError(
             f"the training data holds {len(examples)} examples, fewer than one batch "
@@ -264,15 +247,11 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UsageError("the model has no trainable parameters", "load it with surgeon.train.load_trainable")
-    sharded = is_sharded(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if not sharded:  # FSDP2 already distributes the model; accelerate would wrap it in DDP
-        model, optimizer = acc.prepare(model, optimizer)
+    model, optimizer = strategy.prepare(model, optimizer)
     model.train()
     warmup = effective_warmup(cfg.warmup, cfg.steps)
-    expect = {"config": cfg.to_dict(), "world": world, "data": _fingerprint(examples)}
-    if sharded:
-        expect["fsdp"] = True
+    expect = {"config": cfg.to_dict(), "world": world, "data": _fingerprint(examples), **strategy.checkpoint_tags}
 
     start, losses, metrics_log = 0, [], []
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -282,7 +261,7 @@ def train(
         if found is None:
             log.warning("no checkpoint in %s; starting from step 0", ckdir)
         else:
-            state = _load(acc, model, optimizer, found, expect, sharded)
+            state = _load(strategy, model, optimizer, found, expect)
             start, losses = int(state["step"]), list(state["losses"])
             metrics_log = list(state.get("metrics", []))
             last_ckpt = str(found)
@@ -293,25 +272,18 @@ def train(
     for step in range(start, cfg.steps):
         lr = cfg.lr * lr_factor(step, cfg.steps, warmup)
         set_lr(optimizer, lr)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
-        step_tokens = torch.zeros((), dtype=torch.float64, device=acc.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        step_tokens = torch.zeros((), dtype=torch.float64, device=device)
         step_metrics: dict[str, float] = {}
         try:
             for micro in range(cfg.grad_accum):
-                first = ((step * cfg.grad_accum + micro) * world + acc.process_index) * cfg.batch_size
+                first = ((step * cfg.grad_accum + micro) * world + rank) * cfg.batch_size
                 batch = collate_fn([examples[i] for i in data_indices(len(examples), cfg.seed, first, cfg.batch_size)])
-                batch = {k: (v.to(acc.device) if hasattr(v, "to") else v) for k, v in batch.items()}
+                batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
                 batch["step"], batch["micro"] = step, micro
-                sync = micro == cfg.grad_accum - 1
-                # FSDP2 reduce-scatters each micro-batch's gradients into the shards (no unsharded
-                # gradients kept between micro-batches); DDP defers its all-reduce to the last one
-                ctx = acc.no_sync(model) if not sync and world > 1 and not sharded else _null()
-                with ctx:
+                with strategy.micro_batch(model, last=micro == cfg.grad_accum - 1):
                     loss, metrics = loss_fn(model, batch)
-                    if sharded:
-                        (loss / cfg.grad_accum).backward()
-                    else:
-                        acc.backward(loss / cfg.grad_accum)
+                    strategy.backward(loss / cfg.grad_accum)
                 if not torch.isfinite(loss.detach()):
                     raise UsageError(f"the loss became {float(loss)} at step {step + 1}",
                                      "lower --lr, or check the data and the model's dtype")
@@ -320,10 +292,7 @@ def train(
                 for k, v in (metrics or {}).items():
                     step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / cfg.grad_accum
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-                if sharded:
-                    clip_grad_norm(params, cfg.max_grad_norm)
-                else:
-                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                strategy.clip_grad_norm(params, cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         except Exception as e:
@@ -332,7 +301,7 @@ def train(
                     f"out of memory at step {step + 1} (batch {cfg.batch_size} x {batch_width(examples)} tokens)",
                     OOM_HINT) from None
             raise
-        reduced = acc.reduce(torch.stack([loss_sum, step_tokens]), reduction="sum")
+        reduced = strategy.reduce_sum(torch.stack([loss_sum, step_tokens]))
         step_loss = float(reduced[0]) / world
         tokens += int(reduced[1])
         losses.append(step_loss)
@@ -340,29 +309,19 @@ def train(
         done = step + 1
         if ckdir is not None and cfg.save_every and (done % cfg.save_every == 0 or done == cfg.steps):
             state = {**expect, "step": done, "losses": losses, "metrics": metrics_log}
-            last_ckpt = str(_save(acc, model, optimizer, ckdir, done, state, sharded))
+            last_ckpt = str(_save(strategy, model, optimizer, ckdir, done, state))
         if progress is not None:
             elapsed = time.time() - t0
             rate = (done - start) / elapsed if elapsed > 0 else 0.0
             progress(StepInfo(done, cfg.steps, step_loss, lr, tokens, tokens / elapsed if elapsed > 0 else 0.0,
                               elapsed, (cfg.steps - done) / rate if rate > 0 else math.inf, step_metrics))
     seconds = time.time() - t0
-    if not sharded:
-        model = acc.unwrap_model(model)
-    acc.free_memory()
+    strategy.close()
     return TrainResult(cfg.steps, losses, seconds, tokens, start, metrics_log, last_ckpt)
 
 
 def batch_width(examples: Sequence[dict]) -> int:
     return max(len(e["input_ids"]) for e in examples[:64])
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 __all__ = ["StepInfo", "TrainResult", "causal_lm_loss", "data_indices", "latest_checkpoint", "seed_everything",

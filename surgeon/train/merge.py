@@ -5,7 +5,7 @@ weights read from the source checkpoint**, never to the dequantized 4-bit weight
 was trained against: :func:`merge_transforms` gives the per-tensor ``transforms`` the streaming
 executor applies (one tensor in memory at a time, each LoRA delta computed when its tensor is
 read; :func:`surgeon.commands.output.save_merged` writes the checkpoint, and
-:class:`surgeon.offload.StreamedModel` runs the same transforms to measure the output). A fully
+:class:`surgeon.eval.streamed.StreamedModel` runs the same transforms to measure the output). A fully
 fine-tuned model's trained weights replace the source's through the same path. Fused projections
 (Phi-3 ``gate_up_proj``, ``qkv_proj``) carry one adapter over the whole fused matrix, so their
 delta has the fused tensor's shape and adds in place.

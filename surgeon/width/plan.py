@@ -47,15 +47,11 @@ class WidthSpec:
     def group_size(self) -> int:
         return self.full_heads // self.full_kv_heads
 
-    @property
-    def is_full(self) -> bool:
-        return self.ffn == self.full_ffn and self.kv_heads == self.full_kv_heads
-
     def to_dict(self) -> dict:
         return {"ffn": self.ffn, "heads": self.heads, "kv_heads": self.kv_heads, "head_dim": self.head_dim}
 
 
-def _count(value: float | int | str | None, full: int, what: str) -> int:
+def width_count(value: float | int | str | None, full: int, what: str) -> int:
     """A fraction in (0, 1] or an absolute count in 1..full -> absolute count."""
     if value is None:
         return full
@@ -85,8 +81,8 @@ def resolve_width(cfg: dict, ffn: float | int | str | None = None, heads: float 
         raise UsageError("config has no integer intermediate_size / num_attention_heads",
                          "width surgery needs a uniform-width decoder config")
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // nh
-    k = _count(ffn, inter, "ffn")
-    h = _count(heads, nh, "heads")
+    k = width_count(ffn, inter, "ffn")
+    h = width_count(heads, nh, "heads")
     r = nh // nkv
     if h % r:
         valid = ", ".join(str(r * g) for g in range(1, nkv + 1))

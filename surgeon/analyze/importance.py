@@ -52,10 +52,10 @@ def width_importance(
     progress: Progress | None = None,
 ) -> WidthImportance:
     """Score every layer's FFN channels and KV groups of ``model`` on ``sequences`` (see module doc).
-    ``model`` is a loaded model or a :class:`~surgeon.offload.StreamedModel` (one layer at a time)."""
+    ``model`` is a loaded model or a :class:`~surgeon.eval.streamed.StreamedModel` (one layer at a time)."""
     import torch
 
-    from ..offload import Stream, StreamedModel
+    from ..eval.streamed import Stream, StreamedModel
 
     stream = model if isinstance(model, StreamedModel) else None
     model = stream.model if stream else model

@@ -1,5 +1,8 @@
 """``--offload layer``: run a checkpoint with one decoder layer in memory at a time.
 
+It lives with the metrics engine that runs it most (:func:`~surgeon.eval.metrics.measure_exits`); the
+similarity analysis and width importance (:mod:`surgeon.analyze`) stream through it too.
+
 :class:`StreamedModel` builds the model's skeleton with empty (meta) parameters and reads weights
 from the lazy checkpoint reader only when they are needed: the embedding (and the final norm) for
 a first pass, then one decoder layer at a time, then the final norm and LM head. The first pass
@@ -27,7 +30,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from .arch.skeleton import checked_tensor, meta_model
+from ..arch.skeleton import checked_tensor, meta_model
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +58,11 @@ class StreamedModel:
                  out_dtype=None):
         import torch
 
-        from .io.checkpoint import Checkpoint
+        from ..io.checkpoint import Checkpoint
 
         self.device = torch.device(device)
         if dtype == "auto":  # the stored dtype (the one most parameters have), as transformers' dtype="auto"
-            from .units import FLOAT_CODES, torch_dtype
+            from ..units import FLOAT_CODES, torch_dtype
 
             counts = {k: v for k, v in Checkpoint.open(path).dtypes.items() if k in FLOAT_CODES}
             dtype = torch_dtype(max(counts, key=counts.get)) if counts else torch.float32
@@ -148,7 +151,7 @@ class StreamedModel:
         ``on_output(stream, layer, batch, x_in, x_out)``; ``on_batch(b)`` runs before each batch's call."""
         import torch
 
-        from .width.masking import width_mask
+        from ..width.masking import width_mask
 
         depth = self.num_layers if depth is None else depth
         hidden = [[h for h, _ in prepared] for _ in streams]
@@ -178,7 +181,7 @@ class StreamedModel:
     @contextmanager
     def head(self):
         """The final norm and LM head loaded; yields the :class:`~surgeon.eval.capture.ExitModules`."""
-        from .eval.capture import exit_modules
+        from .capture import exit_modules
 
         mods = exit_modules(self.model)
         norm = self.family.final_norm
