@@ -1,8 +1,11 @@
 """Downstream runtimes against transformers: views, extracts and pruned models in vLLM, MLX-LM,
 llama.cpp and a stock transformers without surgeon.
 
-    bash benchmarks/runtimes/setup.sh          # once: the runtimes, each in its own venv (~8 min)
+    bash benchmarks/runtimes/setup.sh          # once per machine: the runtimes, each in its own venv
     python benchmarks/runtimes.py [--only smollm2,gemma3] [--skip vllm]
+
+All models are built and their reference tokens taken first; then each runtime runs every model in ONE
+worker process (one start-up: vLLM's engine, MLX, transformers), and llama.cpp converts and runs each.
 
 SmolLM2-135M-Instruct (imported by `surgeon import-gguf`): a pruned model (`prune --start 13 --n 6`),
 a depth extract (`extract --depth 20`), a width extract (`extract --ffn 0.75`), and two views
@@ -79,8 +82,10 @@ def run_batch(runtime: str, jobs: list[dict], work: Path) -> list[dict]:
                VLLM_LOGGING_LEVEL="ERROR", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     t = time.time()
     sh(venv / "bin" / "python", WORKER, runtime, path, out, env=env)
-    print(f"  {runtime}: {len(jobs)} models in one process, {time.time() - t:.0f} s", flush=True)
-    return json.loads(out.read_text())["results"]
+    results = json.loads(out.read_text())["results"]
+    print(f"  {runtime}: {len(jobs)} models in one process, {time.time() - t:.0f} s "
+          f"({', '.join(str(r['seconds']) for r in results)} s each)", flush=True)
+    return results
 
 
 def llamacpp_text(model_dir: Path, work: Path, fix: bool, prompts: list[str]) -> tuple[list[str], dict]:

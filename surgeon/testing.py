@@ -4,7 +4,9 @@
 a small byte-level BPE tokenizer with a chat template) built offline in well under a second.
 :func:`load_model`, :func:`logits`, :func:`copy_checkpoint`, :func:`edit_config` and
 :func:`tree_digest` are the ground-truth helpers the tests compare surgeon's outputs with;
-:func:`run_cli` runs the command line in-process. (``tests/conftest.py`` holds only fixtures.)
+:func:`run_cli` runs the command line in-process; :func:`options_from_command_line` parses a
+``surgeon ...`` line into the options objects the CLI builds; :func:`reference_reader` loads the
+format's standard-library reference reader. (``tests/conftest.py`` holds only fixtures.)
 """
 
 from __future__ import annotations
@@ -186,3 +188,50 @@ def run_cli(*args: str):
     from .cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+# the library calls the CLI commands make with the options they built (surgeon/cli/*.py)
+CALLS = ["analyze.run", "eval.run", "eval.run_harness", "extract.run", "fix_gguf.run", "generate.run", "heal.run",
+         "heal.prune_and_heal", "import_gguf.run", "inspect.run", "manifest.run", "manifest.validate", "manifest.show",
+         "prune.run", "soft.run", "sort_width.run", "view.run", "demo.run"]
+
+
+class Ran(BaseException):  # not an Exception: the CLI's last-line-of-defence handler lets it through
+    def __init__(self, options):
+        super().__init__(options)
+        self.options = options
+
+
+def options_from_command_line(line: str, monkeypatch) -> tuple:
+    """The options objects the CLI builds from the ``surgeon ...`` command ``line`` and passes to the
+    library (every library call a command makes is patched with ``monkeypatch`` to capture them)."""
+    import importlib
+    import shlex
+
+    import pytest
+
+    from .cli import main
+
+    def capture(*args, **kwargs):
+        raise Ran(tuple(a for a in [*args, *kwargs.values()] if type(a).__module__.startswith("surgeon.commands.")))
+
+    for call in CALLS:
+        module, attr = call.split(".")
+        monkeypatch.setattr(importlib.import_module(f"surgeon.commands.{module}"), attr, capture)
+    monkeypatch.setattr("surgeon.commands.demo.ensure_demo_model", lambda: Path("unused"))
+    words = shlex.split(line)
+    assert words[0] == "surgeon"
+    with pytest.raises(Ran) as ran:
+        main.main(words[1:], prog_name="surgeon", standalone_mode=False)
+    return ran.value.options
+
+
+def reference_reader():
+    """``formats/sorted-manifest/reference_reader.py`` (the spec's standard-library reader), as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "formats" / "sorted-manifest" / "reference_reader.py"
+    spec = importlib.util.spec_from_file_location("reference_reader", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

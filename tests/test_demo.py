@@ -23,14 +23,14 @@ def test_demo_prints_the_commands_it_runs(tmp_path, monkeypatch):
     """Each step's printed line, parsed by the real CLI, builds back exactly the options the step runs."""
     from surgeon.commands.demo import STEP_NAMES, demo_commands
     from surgeon.options import command_line
-    from tests.test_options import parse
+    from surgeon.testing import options_from_command_line
 
     plan = demo_commands(tmp_path / "smollm2", tmp_path / "demo", 30, "cpu")
     assert [name for name, _ in plan] == list(STEP_NAMES)
     for name, objs in plan:
         for opts in objs:
             line = command_line(opts)
-            assert parse(line, monkeypatch) == (opts,), (name, line)
+            assert options_from_command_line(line, monkeypatch) == (opts,), (name, line)
 
 
 def test_demo_steps_run_and_record_the_same_options(tmp_path, monkeypatch):
@@ -88,10 +88,15 @@ def test_full_demo_every_step_holds(smollm2, tmp_path):
     assert steps["prune"]["figures"]["layers"] == 24
     heal = steps["heal"]["figures"]
     assert heal["healed"] < heal["pruned"] and heal["unpruned"] < heal["pruned"]
+    # SoFT on the real model (the slow soft test's bounds, on the demo's run): every intermediate exit's
+    # held-out loss ends far below its start (exit 10 starts near 20 nats), the already-trained full
+    # model stays within 10%
     soft = steps["soft"]["figures"]
     for k, before in soft["before"].items():
         if int(k) < 30:
-            assert soft["after"][k] < before, k  # every shallower exit's loss fell
+            assert soft["after"][k] < 0.6 * before, (k, before, soft["after"][k])
+        else:
+            assert soft["after"][k] < 1.10 * before, (before, soft["after"][k])
     assert steps["manifest"]["figures"]["valid"] and len(steps["manifest"]["figures"]["exits"]) == 3
     assert steps["budget"]["figures"]["layers"] == 20 and steps["budget"]["figures"]["text"].strip()
     spec = steps["speculative"]["figures"]

@@ -16,10 +16,11 @@ from surgeon.manifest.check import check_checkpoint
 from surgeon.manifest.model import ManifestError
 from surgeon.manifest.store import read_header_copy, read_manifest
 from surgeon.surgery import plan_extract_depth, plan_layers, plan_prune
-from surgeon.testing import load_model, logits, run_cli
-from tests.test_reference_reader import ref
+from surgeon.testing import load_model, logits, reference_reader, run_cli
 
 IDS = torch.tensor([[1, 17, 42, 99, 7, 250, 3, 64, 12, 5, 301, 77, 8, 19, 200, 33]])
+
+ref = reference_reader()
 
 
 def _logits(model):

@@ -7,48 +7,17 @@ makes patched to capture its arguments, so what comes back is what that command 
 from __future__ import annotations
 
 import dataclasses
-import shlex
 from pathlib import Path
 
 import pytest
 
 from surgeon.options import command_args, command_line, command_name
-
-# the library calls the CLI commands make with the options they built (surgeon/cli/*.py)
-CALLS = ["analyze.run", "eval.run", "eval.run_harness", "extract.run", "fix_gguf.run", "generate.run", "heal.run",
-         "heal.prune_and_heal", "import_gguf.run", "inspect.run", "manifest.run", "manifest.validate", "manifest.show",
-         "prune.run", "soft.run", "sort_width.run", "view.run", "demo.run"]
-
-
-class Ran(BaseException):  # not an Exception: the CLI's last-line-of-defence handler lets it through
-    def __init__(self, options):
-        super().__init__(options)
-        self.options = options
-
-
-def parse(line: str, monkeypatch) -> tuple:
-    """The options objects the CLI builds from ``line`` and passes to the library."""
-    import importlib
-
-    from surgeon.cli import main
-
-    def capture(*args, **kwargs):
-        raise Ran(tuple(a for a in [*args, *kwargs.values()] if type(a).__module__.startswith("surgeon.commands.")))
-
-    for call in CALLS:
-        module, attr = call.split(".")
-        monkeypatch.setattr(importlib.import_module(f"surgeon.commands.{module}"), attr, capture)
-    monkeypatch.setattr("surgeon.commands.demo.ensure_demo_model", lambda: Path("unused"))
-    words = shlex.split(line)
-    assert words[0] == "surgeon"
-    with pytest.raises(Ran) as ran:
-        main.main(words[1:], prog_name="surgeon", standalone_mode=False)
-    return ran.value.options
+from surgeon.testing import options_from_command_line
 
 
 def round_trip(monkeypatch, opts, *groups) -> str:
     line = command_line(opts, *groups)
-    assert parse(line, monkeypatch) == (opts, *(g for g, _ in groups)), line
+    assert options_from_command_line(line, monkeypatch) == (opts, *(g for g, _ in groups)), line
     return line
 
 

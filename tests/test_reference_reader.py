@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import struct
 import warnings
@@ -17,21 +16,14 @@ from surgeon.manifest.check import parse_manifest_bytes
 from surgeon.manifest.model import ManifestError
 from surgeon.manifest.store import dumps
 from surgeon.manifest.validate import validate_manifest
-from surgeon.testing import run_cli
+from surgeon.testing import reference_reader, run_cli
 
 FORMAT_DIR = Path(__file__).resolve().parents[1] / "formats" / "sorted-manifest"
 EXAMPLES = sorted((FORMAT_DIR / "examples").glob("*.json"))
 CASES = json.loads((FORMAT_DIR / "invalid" / "cases.json").read_text())["cases"]
 
 
-def _reference():
-    spec = importlib.util.spec_from_file_location("reference_reader", FORMAT_DIR / "reference_reader.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ref = _reference()
+ref = reference_reader()
 
 
 def _pointer(doc, pointer: str):

@@ -52,14 +52,13 @@ def mlx(job):
     import mlx.core as mx
     import mlx_lm
     import numpy as np
+    from mlx_lm.generate import generate_step
 
     model, _ = mlx_lm.load(job["model"])
     out, logits = [], []
-    for ids in job["prompts"]:
-        seq = list(ids)
-        for _ in range(job["max_new"]):
-            seq.append(int(mx.argmax(model(mx.array([seq]))[0, -1]).item()))
-        out.append(seq[len(ids):])
+    for ids in job["prompts"]:  # MLX-LM's own generation loop (KV cache), greedy
+        steps = generate_step(mx.array(ids), model, max_tokens=job["max_new"], sampler=lambda x: mx.argmax(x, axis=-1))
+        out.append([int(tok) for tok, _ in steps])
         if job.get("logits"):
             logits.append(np.array(model(mx.array([ids]))[0].astype(mx.float32)))
     return out, logits
