@@ -36,16 +36,18 @@ CASES = {
 
 def prepare(model: Path, folder: Path, depths: list[int], shard_bytes: int) -> Path:
     from surgeon.io.checkpoint import Checkpoint
+    from surgeon.commands.output import write_output
     from surgeon.manifest.store import read_manifest
-    from surgeon.surgery import execute, plan_layers
+    from surgeon.surgery import plan_layers
 
     out = folder / "sharded"
     if read_manifest(out) if out.exists() else None:
         return out
     ckpt = Checkpoint.open(model)
     exits = [{"name": f"depth-{k}", "layers": list(range(k))} for k in depths if k < ckpt.num_layers]
-    execute(plan_layers(ckpt, range(ckpt.num_layers), "benchmark"), out, force=True, max_shard_bytes=shard_bytes,
-            manifest_exits=exits, manifest_verify=False)
+    # size-capped shards as when the README's figures were measured (not exit-aligned: align=False)
+    write_output(plan_layers(ckpt, range(ckpt.num_layers), "benchmark"), out, force=True, max_shard_bytes=shard_bytes,
+                 exits=exits, verify=False, align=False)
     return out
 
 
