@@ -299,6 +299,15 @@ class PlacementOptions(DeviceMapOptions):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ComputeOptions:
+    """The dtype a model is loaded and run in to measure or generate (``eval``, ``analyze``, ``generate``);
+    not an output's dtype (that is ``--dtype``, :class:`OutputOptions`)."""
+
+    compute_dtype: str | None = opt(None, "Load and run the model in this dtype (default: bf16 on GPUs that support "
+                                          "it, else fp32).", choices=FLOAT_CHOICES[::-1], aliases=("--dtype",))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class OutputFolder:
     """Where a command writes (every command that writes a folder or file): ``-o/--output`` and ``--force``."""
 

@@ -7,20 +7,17 @@ from pathlib import Path
 
 from ..analyze.compute import compute_analysis
 from ..analyze.report import JSON_NAME, PNG_NAME, AnalysisResult, write_heatmap, write_json
-from ..options import CalibrationOptions, OutputFolder, PlacementOptions, opt, with_default
+from ..options import CalibrationOptions, ComputeOptions, OutputFolder, PlacementOptions, opt, with_default
 from ..progress import Progress
-from ..units import FLOAT_CHOICES
 
 
 @dataclass(frozen=True, kw_only=True)
-class AnalyzeOptions(OutputFolder, CalibrationOptions, PlacementOptions):
+class AnalyzeOptions(OutputFolder, CalibrationOptions, ComputeOptions, PlacementOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
     shuffle: bool = opt(False, "Shuffle the documents (seeded) before taking the first --samples.")
     seed: int = opt(0, "Seed for --shuffle.")
     role: str = opt("all", "Records to use: all (hub: validation split), train (local files: all but every 20th "
                     "record, which is held out for evaluation), eval.", choices=("all", "train", "eval"))
-    compute_dtype: str | None = opt(None, "Load and run the model in this dtype (default: bf16 on GPUs that support "
-                                          "it, else fp32).", choices=FLOAT_CHOICES[::-1], aliases=("--dtype",))
     output: Path = with_default(OutputFolder, "output", Path("analysis"),
                                 "Output folder for analysis.json and angular_distance.png.",
                                 flags=("-o", "--output", "--out"))

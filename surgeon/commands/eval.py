@@ -16,16 +16,15 @@ from pathlib import Path
 from ..errors import UsageError
 from ..eval.metrics import ExitQuality
 from ..exits import ExitSpec
-from ..options import EvaluationOptions, PlacementOptions, opt, with_default
+from ..options import ComputeOptions, EvaluationOptions, PlacementOptions, opt, with_default
 from ..progress import Progress
 from ..tokenizer import load_tokenizer
-from ..units import FLOAT_CHOICES
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalOptions(EvaluationOptions, PlacementOptions):
+class EvalOptions(EvaluationOptions, ComputeOptions, PlacementOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
     eval_data: str = with_default(EvaluationOptions, "eval_data", "builtin:sotu",
                                   "Evaluation data spec (its held-out slice / validation split is used).",
@@ -39,8 +38,6 @@ class EvalOptions(EvaluationOptions, PlacementOptions):
                                      flags=("--samples",))
     eval_batch_size: int = with_default(EvaluationOptions, "eval_batch_size", 4, "Sequences per forward pass.",
                                         flags=("--batch-size",))
-    compute_dtype: str | None = opt(None, "Load and run the model in this dtype (default: bf16 on GPUs that support "
-                                          "it, else fp32).", choices=FLOAT_CHOICES[::-1], aliases=("--dtype",))
     tasks: str | None = opt(None, "Run lm-evaluation-harness tasks on each exit instead (comma-separated, e.g. "
                                   "hellaswag,arc_easy; needs `pip install lm-eval` and the tasks' data).")
     limit: int | None = opt(None, "Examples per harness task (default: all).")

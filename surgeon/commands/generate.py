@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
-from ..options import DeviceMapOptions, opt
+from ..options import ComputeOptions, DeviceMapOptions, opt, with_default
 from ..runtime.result import GenerationResult
-from ..units import FLOAT_CHOICES
 
 
 @dataclass(frozen=True, kw_only=True)
-class GenerateOptions(DeviceMapOptions):
+class GenerateOptions(ComputeOptions, DeviceMapOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
     prompt: str | None = opt(None, "Prompt text.")
     exit: str | None = opt(None, "Generate with this sub-model: a layer count K (layers 0..K-1) or a manifest exit name.",
@@ -35,8 +34,8 @@ class GenerateOptions(DeviceMapOptions):
     top_p: float = opt(1.0, "Nucleus sampling mass (with --sample).")
     seed: int = opt(0, "Sampling seed (with --sample).")
     chat: bool = opt(False, "Wrap the prompt in the tokenizer's chat template.")
-    compute_dtype: str | None = opt(None, "Load and run the model in this dtype (default: as stored).",
-                                    choices=FLOAT_CHOICES, aliases=("--dtype",))
+    compute_dtype: str | None = with_default(ComputeOptions, "compute_dtype", None,
+                                             "Load and run the model in this dtype (default: as stored).")
     kernels: str = opt("stock", "CPU kernels for the linear layers: stock (PyTorch's) or onednn (prepacked weights: "
                                 "faster decoding and near-free verification of drafts; the linear layers' memory "
                                 "doubles).", choices=("stock", "onednn"))
