@@ -119,6 +119,9 @@ def click_options(cls: type, prefix: str | None = None) -> Any:
                     kw["metavar"] = md["metavar"]
             if md.get("aliases") and not prefix:  # older spellings: accepted, not shown
                 f = click.option(*md["aliases"], dest + _ALIAS, **dict(kw, default=None, hidden=True))(f)
+                # None = "not given" (build() fills the field's default), so a flag given with its
+                # default value is still told apart from an absent one when the alias is given too
+                kw["default"] = None
             f = click.option(*flags, dest, **kw)(f)
         return f
 
@@ -157,15 +160,18 @@ def build(cls: type, prefix: str | None = None, **kwargs: Any) -> Any:
         kwargs = {k[len(p):]: v for k, v in kwargs.items() if k.startswith(p)}
     kwargs = dict(kwargs)
     for name, fld in fields.items():
-        alias = kwargs.pop(name + _ALIAS, None)
-        if alias is None:
+        if not fld.metadata.get("aliases") or prefix:
             continue
-        default = fld.default if fld.default is not _MISSING else None
-        if kwargs.get(name) not in (None, default) and kwargs.get(name) != alias:
-            aliases = "/".join(fld.metadata.get("aliases") or ())
+        alias, given = kwargs.pop(name + _ALIAS, None), kwargs.get(name)
+        if alias is not None and given is not None and given != alias:
+            aliases = "/".join(fld.metadata["aliases"])
             raise UsageError(f"{flag_name(cls, name)} and {aliases} are one option (given twice)",
                              f"give {flag_name(cls, name)} once")
-        kwargs[name] = alias
+        value = given if given is not None else alias
+        if value is None:
+            kwargs.pop(name, None)  # neither spelling given: the field's default
+        else:
+            kwargs[name] = value
     return cls(**{k: v for k, v in kwargs.items() if k in fields})
 
 

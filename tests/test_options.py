@@ -136,3 +136,36 @@ def test_a_value_the_command_line_cannot_express_is_refused():
     object.__setattr__(opts, "eval_data", None)  # default builtin:sotu; no flag sets None
     with pytest.raises(ValueError, match="eval_data = None"):
         command_line(opts)
+
+
+def test_an_alias_is_told_apart_from_the_flag_given_with_its_default():
+    """A hidden older spelling of a field whose default is not None: the flag given with its default value
+    plus a different alias value is an error, not a silent win of the alias; either alone sets the field."""
+    import click
+    from click.testing import CliRunner
+
+    from surgeon.errors import UsageError
+    from surgeon.options import build, click_options, opt
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Opts:
+        mode: str = opt("fast", "A mode.", flags=("--mode",), aliases=("--old-mode",))
+
+    seen = []
+
+    @click.command()
+    @click_options(Opts)
+    def cmd(**kw):
+        seen.append(build(Opts, **kw))
+
+    def run(*args):
+        seen.clear()
+        r = CliRunner().invoke(cmd, list(args))
+        return seen[0] if seen else r.exception
+
+    assert run() == Opts()
+    assert run("--mode", "slow") == Opts(mode="slow")
+    assert run("--old-mode", "slow") == Opts(mode="slow")
+    assert run("--mode", "slow", "--old-mode", "slow") == Opts(mode="slow")
+    assert isinstance(run("--mode", "fast", "--old-mode", "slow"), UsageError)
+    assert isinstance(run("--mode", "slow", "--old-mode", "fast"), UsageError)

@@ -23,7 +23,7 @@ from ..units import FLOAT_CHOICES, torch_name
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ImportOptions(OutputFolder):
     gguf_file: Path = opt(help="The .gguf file.", cli=False)
     # the output cast, as everywhere: here the dtype the dequantized weights are written in
