@@ -1,7 +1,7 @@
 """The sorted manifest (``formats/sorted-manifest/SPEC.md``): build, store, validate, measure.
 
-- :func:`~.stamp.stamp` ``(folder, exits=None, provenance=None, verify=None)``: write the manifest of a
-  checkpoint folder (every surgeon output ends with it, see :mod:`surgeon.commands.output`);
+- :func:`~.stamp.stamp` ``(folder, exits=None, provenance=None, verify=None, loader=None)``: write the
+  manifest of a checkpoint folder (verification records need ``loader=surgeon.load``) (every surgeon output ends with it, see :mod:`surgeon.commands.output`);
   :func:`~.stamp.write_in_place`: the same on a model folder, crash-safely.
 - :func:`~.store.read_manifest` ``(folder) -> (dict, warnings) | None``: sidecar, else the header copy.
 - :func:`~.resolve.resolve_checkpoint_exit` ``(checkpoint, exit) -> ResolvedExit``: checkpoint -> manifest ->

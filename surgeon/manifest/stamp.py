@@ -28,6 +28,18 @@ log = logging.getLogger(__name__)
 VERIFY_MAX_PARAMETERS = 150_000_000
 
 
+def default_verify(num_parameters: int, loader: Callable | None) -> bool:
+    """``verify=None``: verification records for models up to :data:`VERIFY_MAX_PARAMETERS`, which needs
+    a ``loader`` (``surgeon.load``); without one the records are left out, with a warning saying so."""
+    if num_parameters > VERIFY_MAX_PARAMETERS:
+        return False
+    if loader is None:
+        log.warning("sorted manifest written without verification records: pass loader=surgeon.load to record "
+                    "them (models up to %d parameters get them by default)", VERIFY_MAX_PARAMETERS)
+        return False
+    return True
+
+
 def stamp(folder: str | Path, exits: list[dict] | None = None, provenance: list[dict] | None = None,
           verify: bool | None = None, strict: bool = True, loader: Callable | None = None) -> dict | None:
     """Build, verify and write the manifest of the checkpoint in ``folder``; returns the manifest.
@@ -48,7 +60,7 @@ def stamp(folder: str | Path, exits: list[dict] | None = None, provenance: list[
         log.warning("no sorted manifest written for %s: %s", folder, e)
         return None
     if verify is None:
-        verify = loader is not None and ckpt.num_parameters <= VERIFY_MAX_PARAMETERS
+        verify = default_verify(ckpt.num_parameters, loader)
     if verify and loader is None:
         raise TypeError("verification records load each exit: pass loader=surgeon.load")
     records = {}
@@ -86,7 +98,7 @@ class OutputStamp:
             log.warning("no sorted manifest written for this output: %s", e)
             return {}
         if self.verify is None:
-            self.verify = self.loader is not None and planned.num_parameters <= VERIFY_MAX_PARAMETERS
+            self.verify = default_verify(planned.num_parameters, self.loader)
         return {} if self.verify else {HEADER_KEY: header_value(self.manifest)}
 
     def finish(self, folder: Path, written: list) -> None:
