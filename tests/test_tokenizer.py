@@ -78,6 +78,12 @@ def test_broken_tokenizer_files_and_non_checkpoints(tiny_models, tmp_path):
     with pytest.raises(CheckpointError, match=r"cannot load the tokenizer in .*m: ") as e:
         load_tokenizer(model)
     assert "\n" not in str(e.value)
+    # valid JSON the tokenizers library cannot parse: it raises a plain Exception, still one line
+    (model / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "Nope"}}')
+    with pytest.raises(CheckpointError, match=r"cannot load the tokenizer in .*m: "):
+        load_tokenizer(model)
+    r = run_cli("generate", model, "--prompt", "hi")
+    assert r.exit_code != 0 and "cannot load the tokenizer" in r.output and "unexpected" not in r.output
     with pytest.raises(CheckpointError, match="does not exist"):
         load_tokenizer(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
