@@ -35,8 +35,8 @@ CASES = {
 
 
 def prepare(model: Path, folder: Path, depths: list[int], shard_bytes: int) -> Path:
-    from surgeon.io.checkpoint import Checkpoint
     from surgeon.commands.output import write_output
+    from surgeon.io.checkpoint import Checkpoint
     from surgeon.manifest.store import read_manifest
     from surgeon.surgery import plan_layers
 

@@ -96,8 +96,10 @@ def load_causal_lm(path: str | Path, *, device=None, dtype=None, device_map: str
     """
     from transformers import AutoModelForCausalLM
 
+    from .hub import local_folder
     from .units import torch_dtype
 
+    path = local_folder(path)  # a hub model ID: its snapshot, every file surgeon reads downloaded
     device = resolve_device("auto") if device is None else device
     if dtype != "auto":
         dtype = torch_dtype(dtype) if dtype is not None else compute_dtype(device)

@@ -21,6 +21,9 @@ def load(path: str | Path, exit=None, *, max_params: float | None = None,
          max_flops: float | None = None, dtype=None, device: str = "cpu"):
     """Load one exit of the checkpoint at ``path`` as a transformers ``*ForCausalLM`` in eval mode.
 
+    ``path``: a checkpoint folder or a hub model ID ``org/name[@REV]`` (only the shards the exit reads are
+    downloaded; see :mod:`surgeon.hub`).
+
     ``exit``: an exit name from the sorted manifest, an int k (the first k layers with the shared
     final norm and head), a narrowed prefix ``"k:ffn=F[:heads=H]"``, or an exit
     (:class:`~surgeon.exits.ExitSpec`, or a dict ``{"layers": [...], "widths": {...}}``); or give

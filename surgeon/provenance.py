@@ -30,8 +30,12 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def read_chain(folder: Path) -> list[dict]:
-    p = Path(folder) / PROVENANCE_FILE
+def read_chain(folder: Path | str) -> list[dict]:
+    """The operations recorded in ``folder`` (a checkpoint folder or hub model ID); [] when none."""
+    from .hub import lookup
+
+    repo = lookup(folder)
+    p = (repo.folder if repo is not None else Path(folder)) / PROVENANCE_FILE
     if not p.is_file():
         return []
     try:

@@ -36,7 +36,10 @@ def load_tokenizer(path: str | Path, *, required: bool = True):
     files (:func:`missing_tokenizer`) or its tokenizer files do not load. With ``required=False`` a
     folder without tokenizer files gives None instead (token ids only); broken files still raise.
     """
-    folder = Path(path)
+    from .hub import lookup
+
+    repo = lookup(path)  # a hub model ID: its cache snapshot (the tokenizer files are fetched with the config)
+    folder = repo.folder if repo is not None else Path(path)
     if not (folder / "config.json").is_file():  # not a checkpoint folder: the checkpoint reader's own error
         from .io.checkpoint import Checkpoint
 

@@ -59,6 +59,6 @@ def compute_analysis(model: Path, data: str = "c4", *, samples: int = 256, seq_l
         raise CheckpointError(f"the model ran {table.num_layers} layers but config.json says {ckpt.num_layers}",
                               "the checkpoint and its config disagree")
     return build_result(
-        table, model=str(model), seq_len=seq_len, data=calib.spec, data_source=calib.describe(),
+        table, model=ckpt.source if ckpt.hub is not None else str(model), seq_len=seq_len, data=calib.spec, data_source=calib.describe(),
         dtype=short_name(torch_dtype), offload=offload, seconds=time.time() - t0,
     )

@@ -19,7 +19,7 @@ def meta_model(path: str | Path, dtype, device):
     from .registry import resolve_family
 
     ckpt = Checkpoint.open(path)
-    config = AutoConfig.from_pretrained(str(path))
+    config = AutoConfig.from_pretrained(str(ckpt.path))  # a hub model: its cache snapshot
     with init_empty_weights(include_buffers=False):  # buffers (rotary inv_freq) stay real
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     for name, buf in list(model.named_buffers()):

@@ -91,8 +91,8 @@ def _sigterm(signum, frame):  # turn SIGTERM into a normal exit so temp outputs 
 def main(verbose: int) -> None:
     """Model surgery for decoder LLMs: analyze, prune, extract, heal, sort, serve.
 
-    MODEL is a Hugging Face checkpoint folder (config.json + safetensors). Run
-    `surgeon COMMAND --help` for each command's options.
+    MODEL is a Hugging Face checkpoint folder (config.json + safetensors) or a hub
+    model ID org/name[@REV]. Run `surgeon COMMAND --help` for each command's options.
     """
     from ..memory import large_blocks_from_mmap
 

@@ -8,11 +8,12 @@ import click
 
 from ..commands.analyze import AnalyzeOptions
 from ..options import build, click_options
+from ._model import model_argument
 from ._render import console, print_json, progress_bar
 
 
 @click.command("analyze")
-@click.argument("model", type=click.Path(path_type=Path))
+@model_argument
 @click_options(AnalyzeOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print analysis.json to stdout instead of the table.")
 def analyze_cmd(model: Path, as_json: bool, **kwargs) -> None:

@@ -8,11 +8,12 @@ import click
 
 from ..commands.eval import EvalOptions
 from ..options import build, click_options
+from ._model import model_argument
 from ._render import console, print_json, progress_bar
 
 
 @click.command("eval")
-@click.argument("model", type=click.Path(path_type=Path))
+@model_argument
 @click_options(EvalOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def eval_cmd(model: Path, as_json: bool, **kwargs) -> None:

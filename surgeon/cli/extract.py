@@ -8,11 +8,12 @@ import click
 
 from ..commands.extract import ExtractOptions
 from ..options import build, click_options
+from ._model import model_argument
 from ._render import console, human_bytes, print_json, progress_bar, render_plan
 
 
 @click.command("extract")
-@click.argument("model", type=click.Path(path_type=Path))
+@model_argument
 @click_options(ExtractOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def extract_cmd(model: Path, as_json: bool, **kwargs) -> None:

@@ -8,11 +8,12 @@ import click
 
 from ..commands.generate import GenerateOptions
 from ..options import build, click_options
+from ._model import model_argument
 from ._render import console, print_json
 
 
 @click.command("generate")
-@click.argument("model", type=click.Path(path_type=Path))
+@model_argument
 @click_options(GenerateOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print the tokens, text and statistics as JSON.")
 def generate_cmd(model: Path, as_json: bool, **kwargs) -> None:

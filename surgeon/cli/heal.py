@@ -8,6 +8,7 @@ import click
 
 from ..commands.heal import HealOptions
 from ..options import build, click_options
+from ._model import model_argument
 from ._render import console, phase_bar, print_json
 
 
@@ -27,7 +28,7 @@ def render_heal(r, c) -> None:
 
 
 @click.command("heal")
-@click.argument("model", type=click.Path(path_type=Path))
+@model_argument
 @click_options(HealOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print the result (losses, training, output) as JSON.")
 def heal_cmd(model: Path, as_json: bool, **kwargs) -> None:

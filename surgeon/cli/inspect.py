@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
+from ._model import model_argument
 from ._render import console, human_bytes, human_count, print_json
 
 
 @click.command("inspect")
-@click.argument("model", type=click.Path(path_type=Path))
+@model_argument
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect_cmd(model: Path, as_json: bool) -> None:
     """Describe MODEL (a checkpoint folder) from its config and headers, loading no tensor."""

@@ -9,6 +9,7 @@ import click
 
 from ..commands.manifest import ManifestOptions, ShowOptions, ValidateOptions
 from ..options import build, click_options
+from ._model import model_argument
 from ._render import console, human_bytes, human_count, print_json, progress_bar, ranges
 
 
@@ -37,7 +38,7 @@ def manifest_cmd() -> None:
 
 
 @manifest_cmd.command("write")
-@click.argument("model", type=click.Path(path_type=Path))
+@model_argument
 @click_options(ManifestOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print the written manifest as JSON.")
 def write_cmd(model: Path, as_json: bool, **kwargs) -> None:

@@ -9,12 +9,13 @@ import click
 from ..commands.heal import HealSettings
 from ..commands.prune import PruneOptions
 from ..options import build, click_options
+from ._model import model_argument
 from ._render import console, human_bytes, phase_bar, print_json, progress_bar, ranges, render_plan
 from .heal import render_heal
 
 
 @click.command("prune")
-@click.argument("model", type=click.Path(path_type=Path))
+@model_argument
 @click_options(PruneOptions)
 @click_options(HealSettings, prefix="heal")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (plan, block, output) as JSON.")

@@ -8,6 +8,7 @@ import click
 
 from ..commands.soft import SoftOptions
 from ..options import build, click_options
+from ._model import model_argument
 from ._render import console, phase_bar, print_json
 
 
@@ -46,7 +47,7 @@ def render_soft(r, c) -> None:
 
 
 @click.command("soft")
-@click.argument("model", type=click.Path(path_type=Path))
+@model_argument
 @click_options(SoftOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print the result (per-exit losses, training, output) as JSON.")
 def soft_cmd(model: Path, as_json: bool, **kwargs) -> None:

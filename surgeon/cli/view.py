@@ -8,11 +8,12 @@ import click
 
 from ..commands.view import ViewOptions
 from ..options import build, click_options
+from ._model import model_argument
 from ._render import console, human_bytes, print_json
 
 
 @click.command("view")
-@click.argument("model", type=click.Path(path_type=Path))
+@model_argument
 @click_options(ViewOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def view_cmd(model: Path, as_json: bool, **kwargs) -> None:

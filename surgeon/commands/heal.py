@@ -40,8 +40,8 @@ class HealSettings(RecipeOptions):
     distill: str = opt("none", "Auxiliary loss against the unpruned teacher: KL on logits, or the residual stream at "
                                "the cut.", choices=DISTILL_MODES)
     distill_weight: float = opt(1.0, "Weight of the distillation term.")
-    teacher: Path | None = opt(None, "Unpruned teacher for --distill (default: the source recorded in MODEL's "
-                                     "provenance).")
+    teacher: Path | None = opt(None, "Unpruned teacher for --distill, a folder or hub ID (default: the "
+                                     "source recorded in MODEL's provenance).")
     save_adapter: bool = opt(False, "Also write the peft adapter to OUT/adapter.")
 
     def __post_init__(self):

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..arch.registry import resolve_family, unknown_layer_keys
 from ..io.checkpoint import Checkpoint
 from ..manifest.model import MANIFEST_FILE
+from ..manifest.resolve import remote_header_metadata
 from ..options import opt
 
 
@@ -53,13 +54,13 @@ class InspectReport:
         return asdict(self)
 
 
-def _manifest_summary(path: Path) -> dict | None:
+def _manifest_summary(path: Path, metadata: dict | None = None) -> dict | None:
     """The sorted manifest's exits (sidecar, else the header copy), or an ``error`` entry when invalid."""
     from ..manifest.model import ManifestError
     from ..manifest.store import read_manifest
 
     try:
-        found = read_manifest(path)
+        found = read_manifest(path, metadata)
     except (ManifestError, OSError) as e:
         return {"file": MANIFEST_FILE, "error": str(e)}
     if found is None:
@@ -100,7 +101,7 @@ def inspect_checkpoint(path: str | Path) -> InspectReport:
         else:
             parts["other"] += info.numel
 
-    shards: dict[str, ShardInfo] = {f: ShardInfo(f, 0, (ckpt.path / f).stat().st_size) for f in ckpt.files}
+    shards: dict[str, ShardInfo] = {f: ShardInfo(f, 0, ckpt.file_sizes[f]) for f in ckpt.files}
     for info in ckpt.tensors.values():
         shards[info.file].tensors += 1
 
@@ -114,9 +115,11 @@ def inspect_checkpoint(path: str | Path) -> InspectReport:
     heads = cfg.get("num_attention_heads")
     hidden = cfg.get("hidden_size")
     head_dim = cfg.get("head_dim") or (hidden // heads if hidden and heads else None)
-    folder_bytes = sum(p.stat().st_size for p in ckpt.path.iterdir() if p.is_file())
+    # weight sizes from the headers (a hub model's shards need not be downloaded), the other files from disk
+    folder_bytes = ckpt.weight_bytes + sum(p.stat().st_size for p in ckpt.path.iterdir()
+                                           if p.is_file() and p.name not in ckpt.file_sizes)
     return InspectReport(
-        path=str(ckpt.path),
+        path=ckpt.source if ckpt.hub is not None else str(ckpt.path),
         family=fam.name,
         family_inferred=fam.inferred,
         architecture=(cfg.get("architectures") or [fam.architectures[0] if fam.architectures else "?"])[0],
@@ -138,5 +141,5 @@ def inspect_checkpoint(path: str | Path) -> InspectReport:
         per_layer=per_layer,
         layer_count_keys=counts,
         layer_types=cfg.get("layer_types") if isinstance(cfg.get("layer_types"), list) else None,
-        manifest=_manifest_summary(ckpt.path),
+        manifest=_manifest_summary(ckpt.path, remote_header_metadata(ckpt)),
     )

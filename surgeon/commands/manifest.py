@@ -20,6 +20,8 @@ from ..io.checkpoint import Checkpoint
 from ..loading import load
 from ..manifest.build import build_manifest, normalize_exits, quality_record_fields, quality_records
 from ..manifest.check import ValidationReport, check_checkpoint
+from ..manifest.model import ManifestError
+from ..manifest.resolve import checkpoint_manifest
 from ..manifest.stamp import write_in_place
 from ..manifest.store import read_sidecar
 from ..options import EvaluationOptions, OutputFolder, PlacementOptions, opt, with_default
@@ -104,14 +106,22 @@ def measure_quality(path: Path, exits: list[dict], opts: ManifestOptions, progre
 def run(opts: ManifestOptions, progress: Progress | None = None) -> ManifestResult:
     """Measure the exits of ``opts.model`` and write its manifest (into a copy, or in place)."""
     ckpt = Checkpoint.open(opts.model)
+    if ckpt.hub is not None and opts.output is None:  # in place would rewrite the hub cache
+        raise UsageError(f"{opts.model} is a hub model: surgeon does not write into the Hugging Face cache",
+                         "give -o DIR to write a copy with its manifest")
     parsed = parse_exits(opts.exits, ckpt.num_layers, ckpt.text_config)
     exits = [e.to_dict() for e in parsed] if parsed is not None else None
     if exits is None:
-        old = read_sidecar(ckpt.path)
-        if isinstance(old, dict) and isinstance(old.get("exits"), list):
+        try:  # the one strict reader (manifest.resolve); an invalid manifest is what this command replaces
+            old = checkpoint_manifest(ckpt)
+        except ManifestError as e:
+            log.warning("the existing manifest of %s is not valid (%s): its exits are not carried over; give "
+                        "--exits to keep them", ckpt.path, e)
+            old = None
+        if old is not None:
             # keep the recorded quality unless it is measured again
             keys = ("name", "layers", "widths") if opts.eval_data else ("name", "layers", "widths", "quality")
-            exits = [{k: e[k] for k in keys if k in e} for e in old["exits"] if isinstance(e, dict)]
+            exits = [{k: e[k] for k in keys if k in e} for e in old["exits"]]
     exits = normalize_exits(ckpt, exits)
     described: dict = {}
     if opts.eval_data:
@@ -170,7 +180,8 @@ def show(opts: ShowOptions) -> dict:
     """The manifest's exits (name -> {layers, cost, quality}) or, with ``overrides``, per prefix exit the
     config overrides that make a stock loader run that exit from the full checkpoint."""
     report = check_checkpoint(opts.path)  # a manifest that does not validate is an error here too
-    m = read_sidecar(opts.path) or {}
+    folder = Path(report.path)
+    m = checkpoint_manifest(folder if folder.is_dir() else folder.parent) or {}  # the same strict reader
     exits = {e["name"]: e for e in m.get("exits", [])}
     if opts.exit is not None and opts.exit not in exits:
         raise UsageError(f"{opts.path} has no exit named {opts.exit!r}", f"choose from {', '.join(exits)}")

@@ -203,7 +203,8 @@ class Recipe:
         from transformers import AutoModelForCausalLM
 
         from ..devices import compute_dtype
+        from ..hub import local_folder
 
-        model = AutoModelForCausalLM.from_pretrained(str(path or self.opts.model), dtype=compute_dtype(device),
+        model = AutoModelForCausalLM.from_pretrained(str(local_folder(path or self.opts.model)), dtype=compute_dtype(device),
                                                      use_safetensors=True)
         return model.to(device).eval()

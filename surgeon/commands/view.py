@@ -136,11 +136,12 @@ def _link(ckpt: Checkpoint, manifest: dict | None, choice, files: list[str], out
     names = [n for n, info in ckpt.tensors.items() if info.file in set(files)]
     with atomic_output(out, ckpt.path, force) as tmp:
         for f in files:
-            os.link(ckpt.path / f, tmp / f)  # EXDEV across file systems: the caller copies instead
+            # resolve(): link the file, not a symlink to it (a hub cache snapshot holds relative symlinks to blobs)
+            os.link(ckpt.file(f).resolve(), tmp / f)  # EXDEV across file systems: the caller copies instead
         added = 0
         for name in ckpt.side_files():  # tokenizer, chat template, generation config: linked too
             try:
-                os.link(ckpt.path / name, tmp / name)
+                os.link((ckpt.path / name).resolve(), tmp / name)
             except OSError:
                 shutil.copy2(ckpt.path / name, tmp / name)
                 added += (tmp / name).stat().st_size
@@ -158,10 +159,11 @@ def _link(ckpt: Checkpoint, manifest: dict | None, choice, files: list[str], out
         if not any(e["name"] == choice.name for e in nested):
             nested.append({"name": choice.name, "layers": list(range(k))})
 
-        provenance = write_chain(tmp, ckpt.path, operation("view", ckpt.path.resolve(), {"exit": choice.name},
+        source = ckpt.source if ckpt.hub is not None else str(ckpt.path.resolve())  # a hub model: org/name@commit
+        provenance = write_chain(tmp, ckpt.path, operation("view", source, {"exit": choice.name},
                                                            layers=k, linked=files))
         m = build_manifest(view_ckpt, nested, provenance)
-        m["view"] = {"source": str(ckpt.path.resolve()), "exit": choice.name,
+        m["view"] = {"source": source, "exit": choice.name,
                      "source_config_sha256": (manifest or {}).get("base", {}).get("config_sha256")
                      or sha256_json(ckpt.config)}
         index["metadata"][HEADER_KEY] = header_value(m)  # the header copy lives in the index: linked files stay untouched
@@ -173,7 +175,7 @@ def _link(ckpt: Checkpoint, manifest: dict | None, choice, files: list[str], out
         write_manifest(tmp, m, written)  # without the source's hashes, the linked files are hashed (read once)
         added += sum((tmp / n).stat().st_size for n in ("config.json", INDEX_FILE, "sorted_manifest.json",
                                                           PROVENANCE_FILE))
-    return ViewResult(str(out), str(ckpt.path), choice.name, k, "link", None, files, added)
+    return ViewResult(str(out), source, choice.name, k, "link", None, files, added)
 
 
 def _copy(ckpt: Checkpoint, exit: str, choice, out: Path, force: bool, reason: str | None, progress) -> ViewResult:
@@ -181,7 +183,8 @@ def _copy(ckpt: Checkpoint, exit: str, choice, out: Path, force: bool, reason: s
     from .extract import run as extract
 
     r = extract(ExtractOptions(model=ckpt.path, exit=exit, output=out, force=force), progress=progress)
-    return ViewResult(str(out), str(ckpt.path), choice.name, len(choice.layers), "copy", reason, [],
+    source = ckpt.source if ckpt.hub is not None else str(ckpt.path)
+    return ViewResult(str(out), source, choice.name, len(choice.layers), "copy", reason, [],
                       r.result.bytes_written if r.result else 0)
 
 

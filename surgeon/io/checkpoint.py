@@ -3,6 +3,11 @@
 Opening a checkpoint reads ``config.json``, the index (when sharded) and every shard's header,
 and checks that they agree. No tensor is read until asked for, and then one at a time, straight
 from its byte range (no mmap, so resident memory stays at one tensor). Pickle files are never read.
+
+MODEL may also be a hub ID ``org/name[@REV]`` (:mod:`surgeon.hub`; a local folder of that name wins):
+the folder is then the hub cache's snapshot of that commit, holding the small files; the shard headers
+come from range reads and each shard is downloaded the first time one of its tensors is read
+(:meth:`Checkpoint.file`), so a plan that reads some shards fetches only those.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from ..units import torch_dtype
-from .safetensors_header import SafetensorsHeader, TensorInfo, read_header
+from .safetensors_header import SafetensorsHeader, TensorInfo, parse_header, read_header
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +73,22 @@ class Checkpoint:
     files: list[str]  # weight files, in index order
     file_metadata: dict[str, dict[str, str]]  # __metadata__ of each weight file
     index_metadata: dict | None  # "metadata" of model.safetensors.index.json, when sharded
+    source: str = ""  # what provenance records: the folder as given, or org/name@<commit> for a hub model
+    hub: object = None  # the surgeon.hub.HubRepo of a hub model (None: a local folder)
+    file_sizes: dict[str, int] = field(default_factory=dict)  # weight file -> bytes
     _handles: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: str | os.PathLike) -> Checkpoint:
-        folder = Path(path)
+        """Open the checkpoint folder ``path``, or the hub model ``org/name[@REV]`` (see the module doc)."""
+        from .. import hub as _hub
+
+        repo = _hub.lookup(path)
+        folder = repo.folder if repo is not None else Path(path)
         if not folder.exists():
-            raise CheckpointError(f"{folder} does not exist", "point MODEL at a Hugging Face checkpoint folder")
+            raise CheckpointError(f"{folder} does not exist",
+                                  "point MODEL at a Hugging Face checkpoint folder or a hub model ID (org/name)")
         if folder.is_file():
             if folder.suffix == ".gguf":
                 raise CheckpointError(
@@ -98,10 +111,10 @@ class Checkpoint:
             for name in files:
                 _safe_relpath(folder, name, INDEX_FILE)
             index_metadata = index.get("metadata") if isinstance(index.get("metadata"), dict) else {}
-        elif (folder / SINGLE_FILE).exists():
+        elif (folder / SINGLE_FILE).exists() or (repo is not None and SINGLE_FILE in repo.safetensors_files()):
             weight_map, files, index_metadata = None, [SINGLE_FILE], None
         else:
-            loose = sorted(p.name for p in folder.glob("*.safetensors"))
+            loose = sorted({p.name for p in folder.glob("*.safetensors")} | set(repo.safetensors_files() if repo else ()))
             pickles = [n for n in PICKLE_NAMES if (folder / n).exists()] + sorted(
                 p.name for p in folder.glob("*.bin")
             )
@@ -123,15 +136,25 @@ class Checkpoint:
 
         tensors: dict[str, TensorInfo] = {}
         file_metadata: dict[str, dict[str, str]] = {}
+        file_sizes: dict[str, int] = {}
         for name in files:
             fpath = folder / name
-            if not fpath.exists():
+            header: SafetensorsHeader
+            if fpath.exists():
+                header = read_header(fpath, name)
+            elif repo is not None:  # not downloaded yet: the header alone, by a range read (or its cache)
+                if repo.files is not None and name not in repo.files:
+                    raise CheckpointError(f"{INDEX_FILE} of {repo.source} names the shard {name}, which the repo "
+                                          "does not have", "the repo is incomplete; pick another revision")
+                head, size = repo.header_bytes(name)
+                header = parse_header(head, size, name, fpath)
+            else:
                 raise CheckpointError(
                     f"{INDEX_FILE} names the shard {name}, which is missing",
                     "copy the missing shard into the folder or re-download the checkpoint",
                 )
-            header: SafetensorsHeader = read_header(fpath, name)
             file_metadata[name] = header.metadata
+            file_sizes[name] = header.file_size
             for tname, info in header.tensors.items():
                 if tname in tensors:
                     raise CheckpointError(
@@ -158,7 +181,9 @@ class Checkpoint:
                     f"{len(extra)} tensors (e.g. {extra[0]}) are in the shards but not in {INDEX_FILE}",
                     "the index and shards disagree; regenerate the index or re-download",
                 )
-        return cls(folder, config, tensors, files, file_metadata, index_metadata)
+        source = repo.source if repo is not None else str(folder)
+        return cls(folder, config, tensors, files, file_metadata, index_metadata, source=source, hub=repo,
+                   file_sizes=file_sizes)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -172,7 +197,7 @@ class Checkpoint:
 
     @property
     def weight_bytes(self) -> int:
-        return sum((self.path / f).stat().st_size for f in self.files)
+        return sum(self.file_sizes[f] if f in self.file_sizes else (self.path / f).stat().st_size for f in self.files)
 
     @property
     def dtypes(self) -> dict[str, int]:
@@ -200,10 +225,16 @@ class Checkpoint:
     def side_files(self) -> list[str]:
         return [n for n in SIDE_FILES if (self.path / n).is_file()]
 
+    def file(self, name: str) -> Path:
+        """The local path of the weight file ``name``; a hub model's shard is downloaded on first use."""
+        if self.hub is not None:
+            return self.hub.fetch(name)
+        return self.path / name
+
     # ------------------------------------------------------------------ reading
     def read_bytes(self, name: str) -> bytes:
         info = self._info(name)
-        with open(self.path / info.file, "rb") as f:
+        with open(self.file(info.file), "rb") as f:
             f.seek(info.begin)
             data = f.read(info.nbytes)
         if len(data) != info.nbytes:
@@ -219,7 +250,7 @@ class Checkpoint:
         if info.numel == 0:
             return torch.empty(info.shape, dtype=dtype)
         buf = bytearray(info.nbytes)
-        with open(self.path / info.file, "rb", buffering=0) as f:
+        with open(self.file(info.file), "rb", buffering=0) as f:
             f.seek(info.begin)
             got = f.readinto(buf)
         if got != info.nbytes:

@@ -76,16 +76,28 @@ def read_header(path: str | os.PathLike, name: str | None = None) -> Safetensors
         size = path.stat().st_size
         with open(path, "rb") as f:
             prefix = f.read(8)
-            if len(prefix) < 8:
-                raise _bad(path, "shorter than the 8-byte header length")
-            (n,) = struct.unpack("<Q", prefix)
-            if n > MAX_HEADER_BYTES:
-                raise _bad(path, f"declares a {n}-byte header, above the {MAX_HEADER_BYTES}-byte limit")
-            if 8 + n > size:
-                raise _bad(path, f"declares a {n}-byte header but the file has {size} bytes: truncated")
-            raw = f.read(n)
+            n = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
+            raw = f.read(n) if n <= MAX_HEADER_BYTES and 8 + n <= size else b""
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}", "check the path and its permissions") from None
+    return parse_header(prefix + raw, size, name, path)
+
+
+def parse_header(head: bytes, size: int, name: str, path: str | os.PathLike | None = None) -> SafetensorsHeader:
+    """Parse and validate a header from ``head`` (the file's first ``8 + N`` bytes) and the file's ``size``:
+    the same checks as :func:`read_header`, for a header read without the file (a hub range read)."""
+    path = Path(path if path is not None else name)
+    prefix = head[:8]
+    if len(prefix) < 8:
+        raise _bad(path, "shorter than the 8-byte header length")
+    (n,) = struct.unpack("<Q", prefix)
+    if n > MAX_HEADER_BYTES:
+        raise _bad(path, f"declares a {n}-byte header, above the {MAX_HEADER_BYTES}-byte limit")
+    if 8 + n > size:
+        raise _bad(path, f"declares a {n}-byte header but the file has {size} bytes: truncated")
+    raw = head[8:8 + n]
+    if len(raw) != n:
+        raise _bad(path, f"declares a {n}-byte header but only {len(raw)} bytes of it were read")
     try:
         obj = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:

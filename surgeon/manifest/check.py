@@ -15,6 +15,7 @@ from ..io.checkpoint import Checkpoint
 from ..io.safetensors_header import read_header
 from ..provenance import sha256_file, sha256_json
 from .model import HEADER_KEY, MANIFEST_FILE, ManifestError
+from .resolve import remote_header_metadata
 from .store import header_form, is_pointer, parse, read_header_copy, read_sidecar
 from .validate import safe_file_name, validate_manifest
 
@@ -65,7 +66,10 @@ def check_checkpoint(path: str | Path, verify: bool = False, loader: Callable | 
     ``verify`` also recomputes each exit's verification logits with ``loader`` (``surgeon.load``, or a
     callable with its signature ``(path, exit, dtype=)``), which it then requires.
     """
-    path = Path(path)
+    from ..hub import local_folder, lookup
+
+    repo = lookup(path)  # a hub model ID: its cache snapshot (every file downloaded only to --verify hashes)
+    path = (local_folder(path) if verify else repo.folder) if repo is not None else Path(path)
     if verify and loader is None:
         raise TypeError("check_checkpoint(verify=True) loads each exit: pass loader=surgeon.load")
     if path.is_file() and path.suffix == ".safetensors":
@@ -96,8 +100,9 @@ def check_checkpoint(path: str | Path, verify: bool = False, loader: Callable | 
         _fail(f"weights.files lists {sorted(names)} but the checkpoint's weight files are {sorted(ckpt.files)}")
     for f in data["weights"]["files"]:
         p = folder / safe_file_name(f["name"], "weights.files")
-        if p.stat().st_size != f["bytes"]:
-            _fail(f"{f['name']} is {p.stat().st_size} bytes, the manifest says {f['bytes']}")
+        size = ckpt.file_sizes[f["name"]]  # from the header read (a hub model's shard need not be downloaded)
+        if size != f["bytes"]:
+            _fail(f"{f['name']} is {size} bytes, the manifest says {f['bytes']}")
         if verify and sha256_file(p) != f["sha256"]:
             _fail(f"{f['name']} does not match its sha256 in the manifest", "the weights changed or are corrupt")
     checks = []
@@ -112,7 +117,7 @@ def check_checkpoint(path: str | Path, verify: bool = False, loader: Callable | 
         if e.get("widths"):
             _check_widths(ckpt, e)
         checks.append(ExitCheck(e["name"], len(e["layers"]), e["cost"]["parameters"]["total"], len(expected)))
-    header = _check_header(folder, data)
+    header = _check_header(folder, data, remote_header_metadata(ckpt))
     if header == "absent":
         warnings.append(f"no header copy ({HEADER_KEY}) beside {MANIFEST_FILE}; runtimes reading only the weights "
                         "will not see the exits")
@@ -140,8 +145,8 @@ def _exit_shapes(manifest: dict, exit: dict) -> dict[str, dict]:
     return out
 
 
-def _check_header(folder: Path, data: dict) -> str:
-    found = read_header_copy(folder)
+def _check_header(folder: Path, data: dict, metadata: dict | None = None) -> str:
+    found = read_header_copy(folder, metadata)
     if found is None:
         return "absent"
     value, where = found

@@ -41,7 +41,7 @@ def checkpoint_manifest(checkpoint: str | Path | Checkpoint) -> dict | None:
 
     Raises :class:`ManifestError` for a manifest that fails validation (see the module doc)."""
     ckpt = _open(checkpoint)
-    found = read_manifest(ckpt.path)
+    found = read_manifest(ckpt.path, remote_header_metadata(ckpt))
     if found is None:
         return None
     data, warnings = found
@@ -51,6 +51,14 @@ def checkpoint_manifest(checkpoint: str | Path | Checkpoint) -> dict | None:
         raise ManifestError(f"sorted manifest: base.num_layers is {data['base']['num_layers']} but config.json has "
                             f"{ckpt.num_layers} layers", "regenerate the manifest with `surgeon manifest MODEL --in-place`")
     return data
+
+
+def remote_header_metadata(ckpt: Checkpoint) -> dict | None:
+    """The single weight file's header metadata of a hub model whose weight file is not downloaded (where a
+    header copy of the manifest may live), else None (the folder's own files are read)."""
+    if ckpt.hub is None or ckpt.sharded or (ckpt.path / ckpt.files[0]).is_file():
+        return None
+    return ckpt.file_metadata.get(ckpt.files[0])
 
 
 @dataclass

@@ -175,14 +175,15 @@ def is_pointer(value: Any) -> bool:
     return isinstance(value, dict) and "pointer" in value
 
 
-def read_manifest(folder: str | Path) -> tuple[dict, list[str]] | None:
+def read_manifest(folder: str | Path, metadata: dict | None = None) -> tuple[dict, list[str]] | None:
     """The checkpoint's manifest (sidecar first, else the full header copy), validated; None if absent.
 
-    Returns ``(manifest, warnings)``. A header pointer without its sidecar is an error.
+    Returns ``(manifest, warnings)``. A header pointer without its sidecar is an error. ``metadata``: the
+    single weight file's header metadata when the file is not in the folder (a hub model not downloaded).
     """
     data = read_sidecar(folder)
     if data is None:
-        found = read_header_copy(folder)
+        found = read_header_copy(folder, metadata)
         if found is None:
             return None
         data, where = found

@@ -46,7 +46,7 @@ class SortedModel:
     def from_pretrained(cls, path: str | Path, dtype: str | Any | None = None, device: Any = "cpu",
                         kernels: str = "stock", device_map: str | None = None,
                         max_memory: str | None = None, require_tokenizer: bool = False) -> SortedModel:
-        """Load ``path`` (a Hugging Face checkpoint folder) once; ``dtype``: bf16/fp16/fp32 or a torch dtype
+        """Load ``path`` (a Hugging Face checkpoint folder, or a hub model ID ``org/name[@REV]``) once; ``dtype``: bf16/fp16/fp32 or a torch dtype
         (default: as stored). ``device``: a device or ``--device`` spelling (``auto``, ``cuda:1``, ...);
         ``device_map="auto"`` (+ ``max_memory``) spreads the layers over several devices.
 

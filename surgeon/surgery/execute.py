@@ -133,25 +133,25 @@ def execute(
         op = ops[t.name]
         if op.raw_copy and op.name not in transforms:
             info = ckpt.tensors[op.src]
-            copy_range(ckpt.path / info.file, info.begin, info.nbytes, f)
+            copy_range(ckpt.file(info.file), info.begin, info.nbytes, f)
         else:
             write_tensor(materialize(ckpt, op, transforms.get(op.name)), f)
         done += t.nbytes
         if progress:
             progress(done, total, t.name)
 
-    with atomic_output(out, None if replace_source else src, force or replace_source) as tmp:
+    with atomic_output(out, None if replace_source else ckpt.path, force or replace_source) as tmp:
         (tmp / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for name in ckpt.side_files():
             shutil.copy2(ckpt.path / name, tmp / name)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
         entry = operation(
-            plan.operation, src, plan.options,
+            plan.operation, ckpt.source, plan.options,
             kept_layers=list(plan.kept_layers), dropped_layers=plan.dropped_layers,
             num_source_layers=plan.num_source_layers, **(extra_provenance or {}),
         )
-        chain = write_chain(tmp, src, entry)
+        chain = write_chain(tmp, ckpt.path, entry)
         meta = {}
         if finalize is not None:
             meta = finalize.header(planned_checkpoint(tmp, plan.config, outs, max_shard_bytes, layout), chain) or {}

@@ -197,7 +197,7 @@ def plan_layers(
         if "dtype" not in cfg and "torch_dtype" not in cfg:
             cfg["dtype"] = target
     return Plan(
-        source=str(ckpt.path), operation=operation, family=fam.name, num_source_layers=L,
+        source=ckpt.source, operation=operation, family=fam.name, num_source_layers=L,
         kept_layers=tuple(keep), tensors=tuple(ops), config=cfg, source_config=ckpt.config,
         dropped=tuple(dropped), options=dict(options or {}, dtype=dtype),
     )

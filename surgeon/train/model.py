@@ -113,7 +113,9 @@ def load_trainable(path: str | Path, setup: ModelSetup, family: Family | None = 
         model = load_nf4(path, device, dtype)
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True)
+            from ..hub import local_folder
+
+            model = AutoModelForCausalLM.from_pretrained(str(local_folder(path)), dtype=dtype, use_safetensors=True)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"transformers cannot load {path}: {str(e).splitlines()[0]}",
                                   "check that MODEL is a complete Hugging Face checkpoint folder") from None
