@@ -182,3 +182,51 @@ def test_smollm2_offload_and_device_map_equal_in_memory(smollm2):
     b = compute_analysis(smollm2, "builtin:sotu", samples=4, seq_len=128, batch_size=2, offload="layer")
     for n in a.angular_distance:
         assert max(abs(x - y) for x, y in zip(a.angular_distance[n], b.angular_distance[n])) <= 1e-4
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_streamed_analyze_reads_no_head_nor_whole_embedding(tiny_models, monkeypatch, family):
+    """analyze --offload layer needs residual streams only: the final norm and LM head are never read, the
+    embedding only as the rows of the samples' ids (never whole), and the distances equal the in-memory ones."""
+    import numpy as np
+
+    from surgeon.analyze import compute_analysis
+
+    path = tiny_models[family]
+    kw = dict(samples=5, seq_len=24, batch_size=2)
+    a = compute_analysis(path, "builtin:sotu", **kw)
+    reads, rows = [], []
+    orig_tensor, orig_rows = Checkpoint.get_tensor, Checkpoint.get_rows
+    monkeypatch.setattr(Checkpoint, "get_tensor", lambda self, name: reads.append(name) or orig_tensor(self, name))
+    monkeypatch.setattr(Checkpoint, "get_rows",
+                        lambda self, name, r: rows.append((name, list(r))) or orig_rows(self, name, r))
+    b = compute_analysis(path, "builtin:sotu", offload="layer", **kw)
+    assert reads and all(n.startswith("model.layers.") for n in reads), [n for n in reads if "layers" not in n]
+    vocab = Checkpoint.open(path).tensors["model.embed_tokens.weight"].shape[0]
+    assert rows and {n for n, _ in rows} == {"model.embed_tokens.weight"}
+    assert all(r == sorted(set(r)) and len(r) < vocab for _, r in rows)  # distinct rows of one batch, not all
+    for n in a.angular_distance:
+        np.testing.assert_array_equal(a.angular_distance[n], b.angular_distance[n])
+    np.testing.assert_array_equal(a.block_influence, b.block_influence)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streamed_embedding_rows_equal_the_whole_lookup(tiny_models, family):
+    """The first layer's input from the gathered rows is bitwise the loaded model's embedding (Gemma's scale
+    included); a model built with logits=False refuses to run its head."""
+    import torch
+
+    path = tiny_models[family]
+    ids = torch.tensor([[5, 9, 5, 3, 97], [0, 1, 2, 9, 9]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    sm = StreamedModel(path, logits=False)
+    (hidden, _), = sm.prepare([batch])
+    model = load_model(path)
+    with torch.no_grad():
+        want = model.get_input_embeddings()(ids)
+    assert hidden.dtype == want.dtype and torch.equal(hidden, want)
+    assert Checkpoint.open(path).get_rows("model.embed_tokens.weight", [3, 4, 9]).equal(
+        Checkpoint.open(path).get_tensor("model.embed_tokens.weight")[[3, 4, 9]])
+    with pytest.raises(RuntimeError, match="logits=False"):
+        with sm.head():
+            pass

@@ -28,13 +28,19 @@ def meta_model(path: str | Path, dtype, device):
     return ckpt, resolve_family(ckpt.text_config, ckpt.tensors), model.eval()
 
 
-def checked_tensor(ckpt, name: str, shape) -> object:
-    """Tensor ``name`` of ``ckpt``, which must exist with the ``shape`` the config implies."""
+def checked_tensor_info(ckpt, name: str, shape):
+    """The header entry of tensor ``name`` of ``ckpt``, which must exist with the ``shape`` the config implies."""
     if name not in ckpt.tensors:
         raise CheckpointError(f"{ckpt.path} has no tensor {name}", "the checkpoint does not match its config.json; "
                               "re-export it")
-    t = ckpt.get_tensor(name)
-    if tuple(t.shape) != tuple(shape):
-        raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)}, the config implies {tuple(shape)}",
+    info = ckpt.tensors[name]
+    if tuple(info.shape) != tuple(shape):
+        raise CheckpointError(f"tensor {name} has shape {tuple(info.shape)}, the config implies {tuple(shape)}",
                               "the checkpoint does not match its config.json")
-    return t
+    return info
+
+
+def checked_tensor(ckpt, name: str, shape) -> object:
+    """Tensor ``name`` of ``ckpt``, which must exist with the ``shape`` the config implies."""
+    checked_tensor_info(ckpt, name, shape)
+    return ckpt.get_tensor(name)

@@ -75,7 +75,7 @@ def run(opts: SortWidthOptions, progress: Progress | None = None) -> SortWidthRe
                                 role="train")
     device = resolve_device(opts.device)
     if opts.offload == "layer":  # one decoder layer in memory at a time
-        model = StreamedModel(opts.model, device=device, dtype=torch.float32)
+        model = StreamedModel(opts.model, device=device, dtype=torch.float32, logits=False)  # activations only
     else:  # fp32: scores are ranked, ties should not come from rounding
         model = load_causal_lm(opts.model, device=device, dtype="fp32", device_map=opts.device_map,
                                max_memory=opts.max_memory)

@@ -1,25 +1,29 @@
 """``--offload layer``: run a checkpoint with one decoder layer in memory at a time.
 
-It lives with the metrics engine that runs it most (:func:`~surgeon.eval.metrics.measure_exits`); the
-similarity analysis and width importance (:mod:`surgeon.analyze`) stream through it too.
+It lives with the metrics engine that runs it most (:func:`~surgeon.eval.metrics.measure_exits`);
+the similarity analysis and width importance (:mod:`surgeon.analyze`) stream through it too.
 
 :class:`StreamedModel` builds the model's skeleton with empty (meta) parameters and reads weights
-from the lazy checkpoint reader only when they are needed: the embedding (and the final norm) for
-a first pass, then one decoder layer at a time, then the final norm and LM head. The first pass
-runs the base model with every decoder layer replaced by a recorder that passes the hidden states
-through unchanged and keeps the arguments the model hands each layer (attention masks, rotary
-embeddings, position ids), so the model's own mask and position logic (sliding windows, per-layer
-attention types) is reused as is. :meth:`StreamedModel.run` then goes layer-major: read layer l,
-run it over every batch of every *stream* (a stream is one hidden state per batch: the full stack,
-a layer subset, or a narrower width under :func:`~surgeon.width.masking.width_mask`), hand each
-output to a callback, drop the weights. Forward hooks registered on the skeleton's modules fire as
-usual, so activation statistics (width importance) work unchanged.
+from the lazy checkpoint reader only when they are needed: for a first pass, only the embedding rows
+of the batch's token ids (:meth:`~surgeon.io.checkpoint.Checkpoint.get_rows`: the embedding matrix
+is never whole in memory), then one decoder layer at a time, then the final norm and LM head, which
+a model built with ``logits=False`` (residual streams only: analyze, sort-width) never reads. The
+first pass runs the base model with every decoder layer and the final norm replaced by recorders
+that pass the hidden states through unchanged and keep the arguments the model hands each layer
+(attention masks, rotary embeddings, position ids), so the model's own mask and position logic
+(sliding windows, per-layer attention types) is reused as is; the embedding module runs its own
+forward (Gemma's scale included) over the gathered rows with the ids renumbered to them, so its
+output is bitwise the same. :meth:`StreamedModel.run` then goes layer-major: read layer l, run it
+over every batch of every *stream* (a stream is one hidden state per batch: the full stack, a layer
+subset, or a narrower width under :func:`~surgeon.width.masking.width_mask`), hand each output to a
+callback, drop the weights. Forward hooks registered on the skeleton's modules fire as usual, so
+activation statistics (width importance) work unchanged.
 
-Peak memory: the activations of all batches (x streams) + the largest of (embedding, one layer,
-norm + head). ``transforms`` (checkpoint tensor name -> function of the source tensor) let the
-stream run *modified* weights without materializing them: healing's "after" evaluation adds each
-layer's LoRA delta to the original float weights as the layer is read, cast to the dtype the
-output is written in, so it measures exactly the written weights.
+Peak memory: the activations of all batches (x streams) + the largest of (one batch's embedding
+rows, one layer, norm + head; no head with ``logits=False``). ``transforms`` (checkpoint tensor name
+-> function of the source tensor) let the stream run *modified* weights without materializing them:
+healing's "after" evaluation adds each layer's LoRA delta to the original float weights as the layer
+is read, cast to the dtype the output is written in, so it measures exactly the written weights.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..arch.skeleton import checked_tensor, meta_model
+from ..arch.skeleton import checked_tensor, checked_tensor_info, meta_model
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,9 @@ class StreamedModel:
     """A causal LM whose weights are read from ``path`` only while they are used (see module doc)."""
 
     def __init__(self, path: str | Path, *, device="cpu", dtype=None, transforms: dict[str, Callable] | None = None,
-                 out_dtype=None):
+                 out_dtype=None, logits: bool = True):
+        """``logits=False``: the passes need the residual streams only; :meth:`head` refuses, so the
+        final norm and LM head are never read."""
         import torch
 
         from ..io.checkpoint import Checkpoint
@@ -69,6 +75,7 @@ class StreamedModel:
         self.dtype = dtype or torch.float32
         self.transforms = transforms or {}
         self.out_dtype = out_dtype  # the dtype transformed tensors are written in (None: the source's)
+        self.logits = logits
         self.ckpt, self.family, self.model = meta_model(path, self.dtype, self.device)
         self.layers = self.model.get_submodule(self.family.layers)
         self.num_layers = len(self.layers)
@@ -78,13 +85,23 @@ class StreamedModel:
                        for n, _ in self.model.named_parameters(remove_duplicate=False)}
 
     # -- weights ----------------------------------------------------------------------------------
-    def read(self, model_name: str):
-        """The tensor of parameter ``model_name`` as the stream runs it (transformed, on the device)."""
+    def read(self, model_name: str, rows=None):
+        """The tensor of parameter ``model_name`` as the stream runs it (transformed, on the device);
+        ``rows`` (ascending distinct indices): only those rows of it, read alone unless a transform needs
+        the whole tensor."""
         ckpt_name = self._names[model_name]
-        t = checked_tensor(self.ckpt, ckpt_name, self.model.get_parameter(model_name).shape)
-        fn, stored = self.transforms.get(ckpt_name), t.dtype
+        shape = self.model.get_parameter(model_name).shape
+        fn = self.transforms.get(ckpt_name)
+        if rows is not None and fn is None:
+            checked_tensor_info(self.ckpt, ckpt_name, shape)
+            t = self.ckpt.get_rows(ckpt_name, rows)
+        else:
+            t = checked_tensor(self.ckpt, ckpt_name, shape)
+        stored = t.dtype
         if fn is not None:
             t = fn(t)
+            if rows is not None:
+                t = t[rows]
         if t.is_floating_point():  # what the output holds: its dtype, else the source's
             t = t.to(self.out_dtype or stored)
         return t.to(device=self.device, dtype=self.dtype)
@@ -105,9 +122,37 @@ class StreamedModel:
                 _set_param(self.model, n, torch.empty(p.shape, dtype=p.dtype, device="meta"))
 
     # -- passes -----------------------------------------------------------------------------------
+    @contextmanager
+    def _embedding_rows(self, input_ids):
+        """Inside the block the embedding module holds only the rows of ``input_ids`` and looks them up
+        by their rank among the distinct ids: its own forward, bitwise the whole matrix's lookup."""
+        import torch
+
+        name = self.family.embed + ".weight"
+        embed = self.model.get_submodule(self.family.embed)
+        meta = self.model.get_parameter(name)
+        ids, local = torch.unique(input_ids, sorted=True, return_inverse=True)
+        _set_param(self.model, name, self.read(name, rows=ids.tolist()))
+        pad = embed.padding_idx  # only gradients use it, and it indexes the whole matrix
+        local = local.to(self.device)
+
+        def forward(x):
+            if tuple(x.shape) != tuple(local.shape):
+                raise RuntimeError("the embedding was called with other ids than the batch's")
+            return type(embed).forward(embed, local)
+
+        embed.padding_idx, embed.forward = None, forward
+        try:
+            yield
+        finally:
+            del embed.forward
+            embed.padding_idx = pad
+            _set_param(self.model, name, meta.data)
+
     def prepare(self, batches: Sequence[dict]) -> list[tuple[object, list]]:
         """Per batch (``{"input_ids", "attention_mask"[, "position_ids"]}``): the first layer's input and
-        every layer's ``(args, kwargs)``, from one pass with pass-through layers (embedding loaded)."""
+        every layer's ``(args, kwargs)``, from one pass with pass-through layers (the batch's embedding rows
+        loaded; the final norm passes through too, its output is not used)."""
         import torch
 
         base = self.model.base_model
@@ -126,22 +171,27 @@ class StreamedModel:
         out = []
         for l, layer in enumerate(self.layers):
             layer.forward = recorder(l)
-        outside = sorted({n.rsplit(".", 1)[0] for n in self._names
-                          if not n.startswith(self.family.layers + ".") and not n.startswith(self.family.lm_head + ".")})
+        norm = self.model.get_submodule(self.family.final_norm)
+        norm.forward = lambda hs, *a, **k: hs
+        skip = (self.family.layers + ".", self.family.lm_head + ".", self.family.final_norm + ".",
+                self.family.embed + ".")
+        outside = sorted({n.rsplit(".", 1)[0] for n in self._names if not n.startswith(skip)})
         try:
             with ExitStack() as stack, torch.inference_mode():
-                for prefix in outside:  # the embedding (and the final norm, which the base model runs)
+                for prefix in outside:  # anything else the base model runs outside its layers (none in most)
                     stack.enter_context(self.loaded(prefix))
                 for batch in batches:
                     record.clear()
                     record["calls"] = [None] * L
-                    base(**{k: v.to(self.device) for k, v in batch.items()}, use_cache=False)
+                    with self._embedding_rows(batch["input_ids"]):
+                        base(**{k: v.to(self.device) for k, v in batch.items()}, use_cache=False)
                     if any(c is None for c in record["calls"]):
                         raise RuntimeError("not every decoder layer was called by the model's forward")
                     out.append((record["hidden"], record["calls"]))
         finally:
             for layer in self.layers:
                 del layer.forward  # back to the class's forward
+            del norm.forward
         return out
 
     def run(self, prepared: list[tuple[object, list]], streams: Sequence[Stream],
@@ -183,6 +233,9 @@ class StreamedModel:
         """The final norm and LM head loaded; yields the :class:`~surgeon.eval.capture.ExitModules`."""
         from .capture import exit_modules
 
+        if not self.logits:
+            raise RuntimeError("this StreamedModel was built with logits=False: it never reads the final norm "
+                               "or LM head; build it with logits=True to score exits")
         mods = exit_modules(self.model)
         norm = self.family.final_norm
         with self.loaded(norm), self.loaded(self.family.lm_head):

@@ -257,6 +257,38 @@ class Checkpoint:
             raise CheckpointError(f"{info.file} ends inside tensor {name}: truncated", "re-download the checkpoint")
         return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
 
+    def get_rows(self, name: str, rows) -> object:
+        """Rows ``rows`` (ascending distinct indices into the first axis) of tensor ``name``, read straight
+        from their byte ranges (one read per run of consecutive rows): an embedding lookup never holds
+        the whole matrix."""
+        import torch
+
+        info = self._info(name)
+        dtype = torch_dtype(info.dtype)
+        rows = [int(r) for r in rows]
+        n = info.shape[0] if info.shape else 0
+        bad = [r for r in rows if not 0 <= r < n]
+        if bad:
+            raise CheckpointError(f"row {bad[0]} of tensor {name} is out of range (it has {n})",
+                                  "token ids must be below the model's vocabulary size; check the tokenizer")
+        if not rows:
+            return torch.empty((0, *info.shape[1:]), dtype=dtype)
+        per = info.nbytes // n
+        buf = bytearray(per * len(rows))
+        view = memoryview(buf)
+        with open(self.file(info.file), "rb", buffering=0) as f:
+            i = 0
+            while i < len(rows):
+                j = i
+                while j + 1 < len(rows) and rows[j + 1] == rows[j] + 1:
+                    j += 1
+                f.seek(info.begin + rows[i] * per)
+                want = (j - i + 1) * per
+                if f.readinto(view[i * per:i * per + want]) != want:
+                    raise CheckpointError(f"{info.file} ends inside tensor {name}: truncated", "re-download the checkpoint")
+                i = j + 1
+        return torch.frombuffer(buf, dtype=dtype).reshape(len(rows), *info.shape[1:])
+
     def iter_tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, object]]:
         """Yield ``(name, tensor)`` one at a time, in file order so reads are sequential."""
         wanted = list(self.tensors) if names is None else list(names)
