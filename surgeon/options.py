@@ -20,15 +20,13 @@ written in (:class:`OutputOptions`, ``import-gguf``); ``--compute-dtype`` is the
 loaded and run in to measure or generate (``eval``, ``analyze``, ``generate``; ``--dtype`` is its
 hidden, older spelling there).
 
-The way back: :func:`command_line` writes any options object as the ``surgeon ...`` command line
-that builds it (the same flags, only the fields that differ from their defaults), so what the demo
-prints is what it runs.
+The way back, from an options object to the ``surgeon ...`` line that builds it, is
+:mod:`surgeon.command_line` (from the same field metadata and :func:`click_flags`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shlex
 import typing
 from pathlib import Path
 from typing import Any
@@ -76,7 +74,7 @@ def flag_name(cls_or_obj: Any, name: str) -> str:
     return next((x.split("/")[0] for x in flags if x.startswith("--")), f"--{name.replace('_', '-')}")
 
 
-def _base_type(tp: Any) -> tuple[Any, bool]:
+def base_type(tp: Any) -> tuple[Any, bool]:
     """Strip Optional[...]; return (type, optional)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
@@ -98,10 +96,10 @@ def click_options(cls: type, prefix: str | None = None) -> Any:
             md = fld.metadata
             if not md.get("cli", False):
                 continue
-            tp, _ = _base_type(hints[fld.name])
+            tp, _ = base_type(hints[fld.name])
             dest = f"{prefix}_{fld.name}" if prefix else fld.name
-            default = _field_default(fld)
-            flags = _flags(fld, tp, prefix)
+            default = field_default(fld)
+            flags = click_flags(fld, tp, prefix)
             kw: dict[str, Any] = {"help": md["help"], "show_default": default not in (None, False, "")}
             if tp is bool:
                 kw.update(is_flag=True, default=None if default is None else bool(default))
@@ -131,19 +129,19 @@ def click_options(cls: type, prefix: str | None = None) -> Any:
 _ALIAS = "__alias"  # click parameter suffix of a field's hidden alias spellings
 
 
-def _field_default(fld: dataclasses.Field) -> Any:
+def field_default(fld: dataclasses.Field) -> Any:
     if fld.default is not _MISSING:
         return fld.default
     return fld.default_factory() if fld.default_factory is not _MISSING else None
 
 
-def _flags(fld: dataclasses.Field, tp: Any, prefix: str | None = None) -> list[str]:
-    """The click flags of one ``cli=True`` field (:func:`click_options` declares them, :func:`command_args`
+def click_flags(fld: dataclasses.Field, tp: Any, prefix: str | None = None) -> list[str]:
+    """The click flags of one ``cli=True`` field (:func:`click_options` declares them, :func:`surgeon.command_line.command_args`
     writes them): ``--NAME``, the field's ``flags``, or ``--PREFIX-NAME``; a bool whose default is true
     or None is a ``--NAME/--no-NAME`` switch."""
     name = (f"{prefix}_{fld.name}" if prefix else fld.name).replace("_", "-")
     flags = list(fld.metadata.get("flags") or [f"--{name}"]) if not prefix else [f"--{name}"]
-    default = _field_default(fld)
+    default = field_default(fld)
     if tp is bool and not any("/" in x for x in flags) and (default or default is None):
         flags = [f"--{name}/--no-{name}"]
     return flags
@@ -183,82 +181,6 @@ def field_values(obj: Any, group: type) -> dict[str, Any]:
 def as_record(obj: Any) -> dict[str, Any]:
     """``asdict`` with paths as strings: how options are recorded in provenance."""
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(obj).items()}
-
-
-def command_name(cls: type) -> str:
-    """The ``surgeon`` command (and subcommand) that runs options of class ``cls``: the ``cli_command``
-    class attribute (``"manifest validate"``), else its module's name, since ``surgeon X`` is
-    ``commands/X.py`` (``sort_width`` -> ``sort-width``)."""
-    name = getattr(cls, "cli_command", None)
-    if name:
-        return name
-    package, _, module = cls.__module__.rpartition(".")
-    if package != f"{__package__}.commands":
-        raise ValueError(f"{cls.__name__} is not the options of a surgeon command")
-    return module.replace("_", "-")
-
-
-def _word(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)  # repr: the float reads back exactly
-
-
-def _is_default(obj: Any, name: str, value: Any, default: Any) -> bool:
-    if value == default:
-        return True
-    if default is None:  # None = "decided in __post_init__" (RecipeOptions.quant): is the value that decision?
-        try:
-            return dataclasses.replace(obj, **{name: None}) == obj
-        except Exception:  # noqa: BLE001 - None is not valid here: the value must be written
-            return False
-    return False
-
-
-def command_args(obj: Any, prefix: str | None = None) -> list[str]:
-    """The flags (with values) that set ``obj``'s ``cli=True`` fields, for the fields whose value is not
-    the default: the first long flag of each (``--PREFIX-NAME`` with ``prefix``), ``--x``/``--no-x``
-    for bools, paths as strings. Raises ValueError for a value the command line cannot express."""
-    hints = typing.get_type_hints(type(obj))
-    words: list[str] = []
-    for fld in dataclasses.fields(obj):
-        value, default = getattr(obj, fld.name), _field_default(fld)
-        if fld.metadata.get("cli") is False or _is_default(obj, fld.name, value, default):
-            continue  # positionals are written by command_line
-        if not fld.metadata.get("cli"):
-            raise ValueError(f"{type(obj).__name__}.{fld.name} has no command-line flag (value {value!r})")
-        tp, _ = _base_type(hints[fld.name])
-        flags = _flags(fld, tp, prefix)
-        flag = next((f for f in flags if f.startswith("--")), flags[0])
-        if tp is bool:
-            on, _, off = flag.partition("/")
-            if value is None or (not value and not off):
-                raise ValueError(f"{type(obj).__name__}.{fld.name} = {value!r} has no command-line form")
-            words.append(on.strip() if value else off.strip())
-            continue
-        if value is None:
-            raise ValueError(f"{type(obj).__name__}.{fld.name} = None has no command-line form "
-                             f"(its default is {default!r})")
-        text = _word(value)
-        words += [f"{flag}={text}"] if text.startswith("-") else [flag, text]  # a value like "-x" is no flag
-    return words
-
-
-def command_line(obj: Any, *groups: tuple[Any, str]) -> str:
-    """``obj`` as the shell command that runs it: ``surgeon COMMAND POSITIONAL... --flag value ...``.
-
-    The command comes from :func:`command_name`, the positionals are the ``cli=False`` fields (the
-    command's click arguments, e.g. MODEL), the flags from :func:`command_args`; ``groups`` adds
-    prefixed option groups as ``(options, prefix)`` (``prune ... --heal-steps 50``). Every word is
-    shell-quoted, so the line can be pasted, and parsing it builds ``obj`` back.
-    """
-    words = ["surgeon", *command_name(type(obj)).split()]
-    for fld in dataclasses.fields(obj):
-        if fld.metadata.get("cli") is False:
-            text = _word(getattr(obj, fld.name))
-            words.append(f"./{text}" if text.startswith("-") else text)  # a path like "-x" is no flag
-    words += command_args(obj)
-    for group, prefix in groups:
-        words += command_args(group, prefix)
-    return " ".join(shlex.quote(w) for w in words)
 
 
 # ------------------------------------------------------------------------------------ shared groups

@@ -21,8 +21,8 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
 
 def test_demo_prints_the_commands_it_runs(tmp_path, monkeypatch):
     """Each step's printed line, parsed by the real CLI, builds back exactly the options the step runs."""
+    from surgeon.command_line import command_line
     from surgeon.commands.demo import STEP_NAMES, demo_commands
-    from surgeon.options import command_line
     from surgeon.testing import options_from_command_line
 
     plan = demo_commands(tmp_path / "smollm2", tmp_path / "demo", 30, "cpu")
@@ -40,10 +40,10 @@ def test_demo_steps_run_and_record_the_same_options(tmp_path, monkeypatch):
     from types import SimpleNamespace as NS
 
     import surgeon
+    from surgeon.command_line import command_line
     from surgeon.commands import analyze, demo, extract, generate, heal, inspect, prune, soft
     from surgeon.commands import eval as eval_cmd
     from surgeon.commands import manifest as manifest_cmd
-    from surgeon.options import command_line
     from surgeon.testing import make_tiny_checkpoint
 
     model = make_tiny_checkpoint("llama", tmp_path / "model")

@@ -1,4 +1,4 @@
-"""options.command_line: any options object written as the `surgeon ...` line that builds it back.
+"""command_line.command_line: any options object written as the `surgeon ...` line that builds it back.
 
 Each line is parsed by the real click commands (surgeon.cli.main) with the library call the command
 makes patched to capture its arguments, so what comes back is what that command line would run.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from surgeon.options import command_args, command_line, command_name
+from surgeon.command_line import command_args, command_line, command_name
 from surgeon.testing import options_from_command_line
 
 

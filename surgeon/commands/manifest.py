@@ -149,7 +149,7 @@ def run(opts: ManifestOptions, progress: Progress | None = None) -> ManifestResu
 
 @dataclass(frozen=True)
 class ValidateOptions:
-    cli_command = "manifest validate"  # not a field: the subcommand these options belong to (options.command_name)
+    cli_command = "manifest validate"  # not a field: the subcommand these options belong to (command_line.command_name)
 
     path: Path = opt(help="Checkpoint folder, sorted_manifest.json, or a .safetensors file.", cli=False)
     verify: bool = opt(False, "Also check file sha256s and recompute each exit's verification logits.")
@@ -162,7 +162,7 @@ def validate(opts: ValidateOptions) -> ValidationReport:
 
 @dataclass(frozen=True)
 class ShowOptions:
-    cli_command = "manifest show"  # not a field: the subcommand these options belong to (options.command_name)
+    cli_command = "manifest show"  # not a field: the subcommand these options belong to (command_line.command_name)
 
     path: Path = opt(help="Checkpoint folder with a sorted manifest.", cli=False)
     exit: str | None = opt(None, "Only this exit (a manifest exit name).", metavar="NAME")
