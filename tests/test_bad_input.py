@@ -75,7 +75,7 @@ CASES = {
     "soft-ffn-exits-bad": ("llama", ["soft", "{model}", "--data", "builtin:sotu", "--ffn-exits", "0.5,0.25",
                                      "--quant", "none", "-o", "{out}"], "must increase"),
     "eval-no-exit": ("llama", ["eval", "{model}"], "--exit"),
-    "eval-tasks-without-harness": ("llama", ["eval", "{model}", "--exit", "3", "--tasks", "hellaswag"], "lm_eval"),
+    "eval-unknown-task": ("llama", ["eval", "{model}", "--exit", "3", "--tasks", "hellaswag,nope"], "unknown task"),
     "manifest-validate-missing": ("llama", ["manifest", "validate", "{out}"], "sorted_manifest.json"),
     "generate-exit-too-deep": ("llama", ["generate", "{model}", "--prompt", "hi", "--exit", "9"], "outside 1..6"),
     "generate-draft-exit-0": ("llama", ["generate", "{model}", "--prompt", "hi", "--draft-exit", "0"], "outside 1..6"),

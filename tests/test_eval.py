@@ -57,6 +57,70 @@ def test_any_exit_equals_the_same_exit_loaded_on_its_own(tiny_models, held):
     assert quality[-1].kl_full_exit == pytest.approx(0.0, abs=1e-7) and quality[-1].top1_agreement == 1.0
 
 
+class _SlicedHead:
+    """A VocabHead over fixed logits ``(N, V)``: identity norm (rows are indices), slices of ``width`` columns."""
+
+    def __init__(self, logits, width):
+        self.logits, self.width, self.vocab = logits, width, logits.shape[1]
+
+    def norm(self, h):
+        return h
+
+    def slices(self):
+        for s in range(0, self.vocab, self.width):
+            w = min(self.width, self.vocab - s)
+            yield s, w, lambda idx, s=s, w=w: self.logits[idx[:, 0].long(), s:s + w]
+
+
+@pytest.mark.parametrize("width, chunk", [(512, None), (37, None), (37, 7), (1, 5)])
+def test_online_scores_equal_full_vocabulary_log_softmax(width, chunk):
+    """score_rows over vocabulary slices (online log-sum-exp, one pass) equals log-softmaxes of the whole
+    vocabulary: CE, KL(full || exit) and top-1 agreement, with tied maxima resolved to the first index."""
+    from surgeon.eval.logits import score_rows
+
+    g = torch.Generator().manual_seed(0)
+    n, v = 23, 512
+    full = torch.randn(n, v, generator=g) * 4
+    exit_ = full + torch.randn(n, v, generator=g)
+    full[0, [3, 300]] = full[0].max() + 1  # a tie across slices: argmax is the first
+    exit_[0, [3, 300]] = exit_[0].max() + 1
+    exit_[1] = full[1]  # equal rows: KL 0
+    targets = torch.randint(0, v, (n,), generator=g)
+    rows = torch.arange(n, dtype=torch.float32)[:, None]
+    both = torch.stack([full, exit_])
+    head = _SlicedHead(both.reshape(2 * n, v), width)
+    got = score_rows(head, {"full": rows, "exit": rows + n}, targets, "full", chunk)
+    lf, lx = torch.log_softmax(full.double(), -1), torch.log_softmax(exit_.double(), -1)
+    for key, lp in (("full", lf), ("exit", lx)):
+        assert got[key].ce == pytest.approx(float(-lp.gather(1, targets[:, None]).sum()), rel=1e-6)
+    assert got["exit"].kl == pytest.approx(float((lf.exp() * (lf - lx)).sum()), rel=1e-5)
+    assert got["full"].kl == 0.0 and got["full"].agree == n
+    assert got["exit"].agree == int((full.argmax(-1) == exit_.argmax(-1)).sum())
+    ce_only = score_rows(head, {"exit": rows + n}, targets, None, chunk)
+    assert ce_only["exit"].ce == pytest.approx(got["exit"].ce, rel=1e-6) and ce_only["exit"].agree == 0
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_a_loaded_head_sliced_scores_what_its_whole_forward_scores(tiny_models, family):
+    """A loaded model's linear head read in slices of 37 rows (views of its weight) gives the scores of
+    the head module's own whole-vocabulary forward: untied (llama) and tied with soft-capping (gemma2)."""
+    from surgeon.eval.capture import exit_modules
+    from surgeon.eval.logits import VocabHead, score_rows
+
+    mods = exit_modules(load_model(tiny_models[family]))
+    g = torch.Generator().manual_seed(1)
+    normed = {k: torch.randn(29, 64, generator=g) * 3 for k in ("full", "exit")}
+    targets = torch.randint(0, 512, (29,), generator=g)
+    sliced, whole = VocabHead(mods, vocab_chunk=37), VocabHead(mods)
+    whole.sliced = False
+    assert sliced.sliced and len(list(sliced.slices())) == 14
+    with torch.no_grad():
+        a, b = (score_rows(h, normed, targets, "full", 10) for h in (sliced, whole))
+    for k in normed:
+        assert a[k].ce == pytest.approx(b[k].ce, rel=1e-6) and a[k].kl == pytest.approx(b[k].kl, rel=1e-5, abs=1e-6)
+        assert a[k].agree == b[k].agree
+
+
 def _records(manifest: dict) -> dict:
     return {e["name"]: {q["metric"]: q["value"] for q in e["quality"]} for e in manifest["exits"]}
 

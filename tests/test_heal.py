@@ -346,3 +346,103 @@ def test_smollm2_prune_heal_lowers_heldout_loss(smollm2, tmp_path):
     r = heal(HealOptions(model=tmp_path / "p", output=tmp_path / "h", data="builtin:sotu", quant="none", steps=25,
                          warmup=3, batch_size=4, seq_len=128, eval_samples=16, save_every=0))
     assert r.before.loss - r.after.loss >= 0.2, (r.before.loss, r.after.loss)
+
+
+# ------------------------------------------------------------------ memory: one float copy of embedding and head
+@pytest.fixture(scope="module")
+def bf16_models(tmp_path_factory) -> dict:
+    """bf16 tiny checkpoints: an untied head (llama) and a tied, scaled embedding (gemma3_text, soft-capping off)."""
+    from surgeon.testing import make_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("bf16")
+    return {f: make_tiny_checkpoint(f, root / f, dtype="bfloat16") for f in ("llama", "gemma3_text")}
+
+
+def test_held_dtype_keeps_the_values_peft_would_compute_with():
+    """(stored, compute, wide) -> held: exact casts only, and only when narrower than the wide dtype."""
+    import torch
+
+    from surgeon.train.frozen import held_dtype
+
+    bf, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    cases = {(bf, fp32, fp32): bf,  # CPU, bf16 checkpoint: stored bf16, computed in fp32
+             (fp32, fp32, fp32): None,  # CPU, fp32 checkpoint: nothing narrower to hold
+             (bf, bf, fp32): bf,  # GPU, bf16 checkpoint (peft would cast to fp32)
+             (fp32, bf, fp32): bf,  # GPU, fp32 checkpoint: loaded as bf16 values anyway
+             (fp16, bf, fp32): bf,  # fp16 is not exact in bf16: the bf16 values are what peft sees
+             (fp16, fp32, fp32): fp16,
+             (bf, bf, bf): None}  # an NF4 teacher on a GPU: computes in bf16 as held
+    assert {k: held_dtype(*k) for k in cases} == cases
+
+
+def _wide_and_held(path):
+    """The same NF4 + LoRA model twice: embedding and head copied to fp32 (peft's way), and held in bf16
+    with the head multiplied in slices of 37 rows (which do not divide the 512-token vocabulary)."""
+    from unittest import mock
+
+    from surgeon.train import frozen
+
+    with mock.patch.object(frozen, "narrower", lambda stored, wide: False):
+        wide = _load(path, quant="nf4")
+    with mock.patch.object(frozen, "HEAD_SLICE_ELEMENTS", 37 * 64):  # hidden size 64
+        return wide, _load(path, quant="nf4")
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_nf4_holds_a_bf16_embedding_and_head_and_computes_what_fp32_copies_compute(bf16_models, examples, family):
+    """A bf16 checkpoint's embedding and head stay bf16 (buffers peft does not cast; a tied head shares the
+    embedding's), no fp32 copy of either exists, and the embedding output, logits, loss and LoRA gradients
+    equal those of fp32 copies: the lookup bitwise, the rest to float32 rounding."""
+    import torch
+
+    from surgeon.train.frozen import HeldLinear
+
+    wide, held = _wide_and_held(bf16_models[family])
+    base = held.get_base_model()
+    emb, head = base.get_input_embeddings(), base.get_output_embeddings()
+    assert isinstance(head, HeldLinear) and emb.weight.dtype == head.weight.dtype == torch.bfloat16 and head.rows == 37
+    assert "weight" in emb._buffers and (head.weight is emb.weight) == (family == "gemma3_text")
+    vocab = emb.weight.shape[0]
+    assert not any(p.shape[0] == vocab for p in held.parameters())  # no float copy as a parameter
+    batch = {k: torch.tensor([e[k] for e in examples[:2]]) for k in ("input_ids", "labels")}
+    outs = []
+    for m in (wide, held):
+        m.zero_grad()
+        torch.manual_seed(0)  # the same LoRA dropout masks
+        out = m(input_ids=batch["input_ids"], labels=batch["labels"])
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
+        outs.append((m.get_base_model().get_input_embeddings()(batch["input_ids"]), out.logits, out.loss, grads))
+    (e1, z1, l1, g1), (e2, z2, l2, g2) = outs
+    assert e1.dtype == e2.dtype == torch.float32 and torch.equal(e1, e2)
+    assert torch.allclose(z1, z2, atol=1e-5, rtol=1e-5) and abs(float(l1.detach()) - float(l2.detach())) < 1e-5
+    assert g1.keys() == g2.keys()
+    worst = max(float((g1[n] - g2[n]).abs().max() / g1[n].abs().max().clamp_min(1e-12)) for n in g1)
+    assert worst < 1e-4, worst
+
+
+def test_heal_bf16_nf4_matches_fp32_copies_and_releases_the_model(bf16_models, text_file, tmp_path, monkeypatch):
+    """heal --quant nf4 of a bf16 checkpoint: before / as trained / after losses equal those of a run with fp32
+    copies of the embedding and head, and the trained model holds nothing frozen once it has been measured."""
+    from surgeon.commands import heal
+    from surgeon.train import frozen
+    from surgeon.train import model as train_model
+
+    released = []
+    release = train_model.release_frozen
+    monkeypatch.setattr(train_model, "release_frozen", lambda m: released.append(release(m)) or released[-1])
+
+    def run(name):
+        return heal.run(heal.HealOptions(model=bf16_models["llama"], output=tmp_path / name, data=str(text_file),
+                                         steps=4, seq_len=SEQ, warmup=1, lr=1e-2, eval_samples=4, save_every=0,
+                                         save_adapter=True))
+
+    held = run("held")
+    with monkeypatch.context() as m:
+        m.setattr(frozen, "narrower", lambda stored, wide: False)
+        wide = run("wide")
+    for a, b in ((held.before, wide.before), (held.trained, wide.trained), (held.after, wide.after)):
+        assert abs(a.loss - b.loss) < 1e-4, (a.loss, b.loss)
+    assert held.after.loss < held.before.loss
+    assert released[0] > 0 and released[0] < released[1]  # bf16 embedding + head vs fp32 copies
+    assert (tmp_path / "held" / "adapter" / "adapter_model.safetensors").is_file()

@@ -34,13 +34,17 @@ def _small_memory(path) -> str:
     return f"cpu={size / 3 / 1e6:.3f}MB"
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_streamed_exits_equal_in_memory(tiny_models, family):
-    """Prefix, narrowed and non-prefix exits, KL and top-1 from the layer stream equal the loaded model's."""
+@pytest.mark.parametrize("family", [*FAMILIES, "gemma2"])
+@pytest.mark.parametrize("vocab_chunk", [None, 37])
+def test_streamed_exits_equal_in_memory(tiny_models, family, vocab_chunk):
+    """Prefix, narrowed and non-prefix exits, KL and top-1 from the layer stream, its LM head read in one
+    slice or in slices of 37 rows (which do not divide the 512-token vocabulary), equal the loaded model's
+    full-vocabulary ones: untied (llama, qwen2) and tied heads (Gemma 3; Gemma 2 with logit soft-capping)."""
     path = tiny_models[family]
     exits = [2, 6, ExitSpec(None, [0, 1, 3]), ExitSpec(None, list(range(4)), {"ffn": 16})]
     a, n_a = measure_exits(load_model(path), _examples(), exits, batch_size=3)
-    b, n_b = measure_exits(StreamedModel(path), _examples(), exits, batch_size=3)
+    b, n_b = measure_exits(StreamedModel(path, vocab_chunk=vocab_chunk), _examples(), exits, batch_size=3,
+                           chunk_tokens=None if vocab_chunk is None else 10)
     assert n_a == n_b
     assert len({round(q.loss, 6) for q in a}) == len(a)  # the exits really differ
     for x, y in zip(a, b):
@@ -67,8 +71,10 @@ def test_offload_reads_each_layer_once_and_never_loads_the_model(tiny_models, mo
 
     path = tiny_models["llama"]
     reads = []
-    orig = Checkpoint.get_tensor
+    orig, orig_rows = Checkpoint.get_tensor, Checkpoint.get_rows
     monkeypatch.setattr(Checkpoint, "get_tensor", lambda self, name: reads.append(name) or orig(self, name))
+    monkeypatch.setattr(Checkpoint, "get_rows",
+                        lambda self, name, r: reads.append((name, list(r))) or orig_rows(self, name, r))
 
     def no_load(*a, **k):
         raise AssertionError("from_pretrained called under --offload layer")
@@ -76,10 +82,15 @@ def test_offload_reads_each_layer_once_and_never_loads_the_model(tiny_models, mo
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
     r = run_cli("eval", path, "--exit", "3,6", *EVAL, "--offload", "layer")
     assert r.exit_code == 0, r.output
-    layer_of = [int(n.split(".")[2]) for n in reads if n.startswith("model.layers.")]
+    whole = [n for n in reads if isinstance(n, str)]
+    layer_of = [int(n.split(".")[2]) for n in whole if n.startswith("model.layers.")]
     assert layer_of == sorted(layer_of)  # layer-major
     assert len(layer_of) == len([n for n in Checkpoint.open(path).tensors if n.startswith("model.layers.")])
-    assert reads[-1].startswith("lm_head") or reads[-2].startswith("lm_head")  # the head comes last
+    assert "lm_head.weight" not in whole and whole[-1] == "model.norm.weight"
+    after_norm = reads[reads.index("model.norm.weight") + 1:]  # then the head, in slices of rows, each read once
+    head = [r for n, r in after_norm if n == "lm_head.weight"]
+    vocab = Checkpoint.open(path).tensors["lm_head.weight"].shape[0]
+    assert [i for r in head for i in r] == list(range(vocab))
 
 
 def test_manifest_quality_offload_equals_in_memory(tiny_models, tmp_path):

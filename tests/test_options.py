@@ -53,6 +53,7 @@ def examples(tmp_path: Path) -> list[tuple]:
         prune,
         soft,
         sort_width,
+        sweep,
         view,
     )
 
@@ -83,7 +84,7 @@ def examples(tmp_path: Path) -> list[tuple]:
                           exit_weights="1,2", chunk_tokens=128, method="lora", quant="none"),),
         (eval.EvalOptions(model=m, exit="10,20", kl=False, seq_len=8, eval_samples=2, eval_batch_size=1,
                           compute_dtype="fp32"),),
-        (eval.EvalOptions(model=m, all_exits=True, tasks="hellaswag", limit=5, eval_data="c4"),),
+        (eval.EvalOptions(model=m, all_exits=True, tasks="hellaswag,mmlu", limit=5, num_fewshot=1, eval_data="c4"),),
         (manifest.ManifestOptions(model=m, in_place=True, exits="2,4", eval_data="builtin:sotu", verify=False,
                                   align_shards=True),),
         (manifest.ManifestOptions(model=m, output=out, verify=True, align_shards=False, eval_samples=2, force=True),),
@@ -100,6 +101,11 @@ def examples(tmp_path: Path) -> list[tuple]:
         (import_gguf.ImportOptions(gguf_file=gguf, output=out, dtype="bf16", force=True),),
         (fix_gguf.FixGgufOptions(gguf=gguf, model=m, output=tmp_path / "fixed.gguf"),),
         (demo.DemoOptions(output=out, quick=True, device="cpu"),),
+        (sweep.SweepOptions(model=m, output=out, data="builtin:sotu", samples=8, seq_len=64, eval_data="x.txt",
+                            eval_samples=4, n="0,2,4", strategy="deepest", tolerance=0.1, resume=True,
+                            task_batch_size=2, offload="layer"),),
+        (sweep.SweepOptions(model=m, output=out, max_fraction=0.25, step=3, tasks="arc_easy,piqa", limit=5,
+                            num_fewshot=0, force=True, compute_dtype="bf16", device_map="auto"),),
     ]
 
 

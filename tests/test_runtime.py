@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from surgeon.errors import DataError, UsageError
+from surgeon.errors import UsageError
 from surgeon.runtime import SortedModel
 from surgeon.testing import run_cli
 
@@ -323,21 +323,6 @@ def test_bad_modes(loaded):
         sm.generate("the", 4, draft_exit=3, draft_confidence=1.0)
     with pytest.raises(UsageError, match="size"):
         sm.draft_head(0)
-
-
-def test_harness_without_lm_eval_is_a_clear_data_error(tiny_models):
-    try:
-        import lm_eval  # noqa: F401
-
-        pytest.skip("lm_eval is installed here")
-    except ImportError:
-        pass
-    from surgeon.eval.harness import run_tasks
-
-    with pytest.raises(DataError, match="lm-evaluation-harness"):
-        run_tasks(tiny_models["llama"], [None, 3], ["hellaswag"], limit=2)
-    with pytest.raises(UsageError):
-        run_tasks(tiny_models["llama"], [None], [])
 
 
 def test_cli_generate(tiny_models):

@@ -99,6 +99,97 @@ def test_chunked_loss_equals_naive_loss_and_gradients(tiny_models, family):
     _assert_close_grads(_grads(model), g_ref)
 
 
+def _naive_kd_total(model, batch, exits, weights):
+    """Reference for exit_loss="kd": the deepest exit's CE, the others' KL(p_deepest.detach() || p_n),
+    from full-vocabulary logits over the supervised tokens, weighted and normalized."""
+    import torch
+
+    from surgeon.eval.capture import exit_modules
+
+    mods = exit_modules(model)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                output_hidden_states=True, use_cache=False)
+    labels = batch["labels"][:, 1:].reshape(-1)
+    keep = labels != -100
+
+    def logits_of(n):
+        z = out.logits if n == mods.num_layers else mods.logits(out.hidden_states[n])
+        return z[:, :-1].reshape(-1, z.shape[-1])[keep].float()
+
+    teacher = logits_of(exits[-1])
+    logp_t = teacher.detach().log_softmax(-1)
+    terms = []
+    for n in exits[:-1]:
+        logp = logits_of(n).log_softmax(-1)
+        terms.append(torch.nn.functional.kl_div(logp, logp_t, reduction="batchmean", log_target=True))
+    terms.append(torch.nn.functional.cross_entropy(teacher, labels[keep]))
+    return sum(w * t for w, t in zip(weights, terms)) / sum(weights), terms
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])  # gemma2: soft-capping, tied head
+@pytest.mark.parametrize("wrapped", [False, True])  # True: a head that is not a plain nn.Linear (checkpointed path)
+def test_distillation_loss_equals_naive_kl_and_gradients(tiny_models, family, wrapped):
+    import torch
+
+    from surgeon.soft.losses import SortedLoss
+
+    model = load_model(tiny_models[family])
+    if wrapped:
+        class WrappedLinear(torch.nn.Linear):
+            pass
+
+        old = model.lm_head
+        model.lm_head = WrappedLinear(old.in_features, old.out_features, bias=False)
+        model.lm_head.weight = old.weight
+    batch = _batch()
+    exits, weights = [2, 4, 6], [1.0, 2.0, 3.0]
+    ref, terms = _naive_kd_total(model, batch, exits, weights)
+    model.zero_grad()
+    ref.backward()
+    g_ref = _grads(model)
+    model.zero_grad()
+    loss, metrics = SortedLoss(exits, "sum", weights, chunk_tokens=7, exit_loss="kd")(model, batch)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
+    assert metrics["kl@2"] == pytest.approx(float(terms[0].detach()), rel=1e-4, abs=1e-6)
+    assert metrics["loss@6"] == pytest.approx(float(terms[-1].detach()), rel=1e-5)
+    _assert_close_grads(_grads(model), g_ref)
+
+
+def test_exit_weight_schemes_and_curriculum():
+    from surgeon.soft.losses import curriculum_exits, scheme_weights
+
+    assert scheme_weights("uniform", [10, 20, 30], 30) == pytest.approx([1 / 3] * 3)
+    assert scheme_weights(None, [10, 30], 30) == pytest.approx([0.5, 0.5])
+    # LayerSkip's scale: exit n weighs n(n-1)/2, the full model L-1 + (L-1)(L-2)/2
+    raw = [45.0, 190.0, 29 + 29 * 28 / 2]
+    assert scheme_weights("depth", [10, 20, 30], 30) == pytest.approx([r / sum(raw) for r in raw])
+    assert scheme_weights("anchor", [10, 20, 30], 30) == pytest.approx([0.25, 0.25, 0.5])
+    assert scheme_weights("anchor:0.8", [10, 20, 30], 30) == pytest.approx([0.1, 0.1, 0.8])
+    assert scheme_weights([1, 1, 2], [10, 20, 30], 30) == pytest.approx([0.25, 0.25, 0.5])
+    for bad in ("linear", "anchor:0", "anchor:1.5", [1, 2]):
+        with pytest.raises(ValueError):
+            scheme_weights(bad, [10, 20, 30], 30)
+    assert curriculum_exits([10, 20, 30], 0, 100) == [30]
+    assert curriculum_exits([10, 20, 30], 50, 100) == [20, 30]
+    assert curriculum_exits([10, 20, 30], 100, 100) == [10, 20, 30]
+    assert curriculum_exits([10, 20, 30], 0, 0) == [10, 20, 30]
+    assert curriculum_exits([10, 20, 30], None, 100) == [10, 20, 30]
+
+
+def test_curriculum_trains_only_the_entered_exits(tiny_models):
+    from surgeon.soft.losses import SortedLoss, naive_exit_losses
+
+    model = load_model(tiny_models["llama"])
+    batch = _batch()
+    fn = SortedLoss([2, 4, 6], curriculum=10)
+    loss, metrics = fn(model, {**batch, "step": 0, "micro": 0})
+    assert set(metrics) == {"loss@6"}
+    assert float(loss.detach()) == pytest.approx(float(naive_exit_losses(model, batch, [6])[0].detach()), rel=1e-5)
+    _, metrics = fn(model, {**batch, "step": 10, "micro": 0})
+    assert set(metrics) == {"loss@2", "loss@4", "loss@6"}
+
+
 def test_checkpointed_path_for_wrapped_heads_matches_naive(tiny_models):
     """A head that is not a plain nn.Linear (peft / bitsandbytes) goes through torch.utils.checkpoint."""
     import torch
@@ -305,6 +396,10 @@ def test_soft_cli_rejects_bad_input_before_training(tiny_models, text_data, tmp_
         (["--exits", "2,9"], "deeper than the model"),
         (["--exits", "2,2,6"], "listed twice"),
         (["--exits", "2,6", "--exit-weights", "1,2,3"], "one weight per exit"),
+        (["--exits", "2,6", "--exit-weights", "steep"], "neither a scheme nor a list of numbers"),
+        (["--exits", "2,6", "--exit-weights", "anchor:2"], "anchor share must be a number in (0, 1]"),
+        (["--exits", "6", "--exit-loss", "kd"], "needs at least two exits"),
+        (["--curriculum", "-1"], "--curriculum must be >= 0"),
         (["--method", "full", "--quant", "nf4"], "cannot train 4-bit"),
     ]
     for args, words in cases:

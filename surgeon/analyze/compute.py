@@ -20,12 +20,14 @@ def compute_analysis(model: Path, data: str = "c4", *, samples: int = 256, seq_l
                      shuffle: bool = False, seed: int = 0, batch_size: int = 8, dtype: str | None = None,
                      offload: str = "none", role: str = "all", progress: Progress | None = None,
                      device: str = "auto", device_map: str | None = None,
-                     max_memory: str | None = None) -> AnalysisResult:
+                     max_memory: str | None = None, loaded=None) -> AnalysisResult:
     """Angular distances, l*(n) and Block Influence of the checkpoint at ``model`` (nothing written).
 
     ``device`` / ``device_map`` / ``max_memory`` / ``offload``: where the model runs (see
     :mod:`surgeon.devices`; ``offload="layer"`` streams one decoder layer at a time onto ``device``).
-    ``dtype``: compute dtype (default: bf16 on GPUs that support it, fp32 elsewhere).
+    ``dtype``: compute dtype (default: bf16 on GPUs that support it, fp32 elsewhere). ``loaded``: the
+    model already loaded from ``model`` (``surgeon sweep`` measures the same model afterwards), used
+    instead of loading it again; the placement arguments then only name the dtype recorded.
 
     Raises :class:`~surgeon.errors.CheckpointError` for an unreadable checkpoint or tokenizer and
     :class:`~surgeon.errors.DataError` / :class:`~surgeon.errors.UsageError` for unusable data.
@@ -49,7 +51,9 @@ def compute_analysis(model: Path, data: str = "c4", *, samples: int = 256, seq_l
     batches = make_batches(calib.input_ids, batch_size, padding="right", pad_id=pad)
     dev = resolve_device(device)
     torch_dtype = compute_dtype(dev, dtype)
-    if offload == "layer":
+    if loaded is not None:
+        table = layer_similarity(loaded, family.layers, batches, progress)
+    elif offload == "layer":
         table = offloaded_similarity(ckpt.path, batches, torch_dtype, progress, device=dev)
     else:
         m = load_causal_lm(ckpt.path, device=dev, dtype=torch_dtype, device_map=device_map, max_memory=max_memory)

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "heal": ("surgeon.cli.heal", "heal_cmd", "Heal a (pruned) model with QLoRA / LoRA / full fine-tuning; write a merged checkpoint."),
     "soft": ("surgeon.cli.soft", "soft_cmd", "Sorted Fine-Tuning: train every chosen prefix of layers to be a usable model."),
     "eval": ("surgeon.cli.eval", "eval_cmd", "Held-out loss, perplexity and KL to the full model of depth exits."),
+    "sweep": ("surgeon.cli.sweep", "sweep_cmd", "The pruning curve: loss and task accuracy vs layers dropped; how many to drop."),
     "manifest": ("surgeon.cli.manifest", "manifest_cmd", "Write (measure exits) or validate the sorted manifest."),
     "sort-width": ("surgeon.cli.sort_width", "sort_width_cmd", "Sort FFN channels and attention heads by importance (same logits)."),
     "view": ("surgeon.cli.view", "view_cmd", "One exit of a sorted checkpoint as a plain HF folder of hard links (no disk cost)."),

@@ -1,4 +1,4 @@
-"""surgeon eval MODEL --exit K | --all-exits --data SPEC [--json]"""
+"""surgeon eval MODEL --exit K | --all-exits (--data SPEC | --tasks T,T [--task-data DIR]) [--json]"""
 
 from __future__ import annotations
 
@@ -21,14 +21,20 @@ def eval_cmd(model: Path, as_json: bool, **kwargs) -> None:
 
     Sub-model K is the first K layers read through the shared final norm and LM head; all exits
     come from one forward pass per batch. Also reports KL(full || exit) in nats per token and how
-    often the exit's top-1 token matches the full model's (--no-kl skips both). --tasks runs
-    lm-evaluation-harness tasks on each exit instead and prints the harness results as JSON.
+    often the exit's top-1 token matches the full model's (--no-kl skips both).
+
+    --tasks scores each exit on lm-evaluation-harness tasks instead (accuracy, normalized accuracy, their
+    standard errors, and chance), with --task-data DIR reading the benchmark data from disk, offline.
     """
     from ..commands import eval as eval_cmd
 
     opts = build(EvalOptions, model=model, **kwargs)
     if opts.tasks:
-        print_json(eval_cmd.run_harness(opts))
+        tr = eval_cmd.run_harness(opts)
+        if as_json:
+            print_json(tr.to_dict())
+        else:
+            render_tasks(tr)
         return
     with progress_bar("evaluating", unit="sequences") as progress:
         r = eval_cmd.run(opts, progress=progress)
@@ -45,3 +51,23 @@ def eval_cmd(model: Path, as_json: bool, **kwargs) -> None:
                   "-" if q.kl_full_exit is None else f"{q.kl_full_exit:.4f}",
                   "-" if q.top1_agreement is None else f"{q.top1_agreement:.1%}")
     c.print(t)
+
+
+def render_tasks(r) -> None:
+    """One table per exit: task, split, metric, value +- stderr, examples, chance."""
+    from rich.table import Table
+
+    c = console()
+    source = r.task_data or "the harness's hub data"
+    for label, results in r.exits.items():
+        t = Table("task", "split", "metric", "value", "n", "chance", title_justify="left",
+                  title=f"{r.model}, exit {label} ({r.layers[label]}/{r.num_layers} layers) on {source}")
+        for task, res in results.items():
+            for m in ("acc", "acc_norm"):
+                if res.get(m) is None:
+                    continue
+                err = res.get(f"{m}_stderr")
+                t.add_row(task, res.get("split") or "-", m, f"{res[m]:.3f}" + ("" if err is None else f" ± {err:.3f}"),
+                          str(res["n"]), "-" if res.get("chance") is None else f"{res['chance']:.3f}")
+        c.print(t)
+    c.print(f"{r.seconds:.1f} s" + (f", --limit {r.limit}" if r.limit else ""))

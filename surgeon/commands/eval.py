@@ -3,8 +3,9 @@
 The exits (``--exit``, the one ``--exits`` grammar: layer counts, narrowed prefixes, manifest names;
 or ``--all-exits``: the recorded prefix exits) are measured by the metrics engine
 (:func:`surgeon.eval.measure_exits`) on the held-out role of ``--data``: one loaded model, every
-exit read through the shared final norm and LM head. ``--tasks`` runs lm-evaluation-harness tasks on
-each exit instead (:func:`surgeon.eval.harness.run_tasks`).
+exit read through the shared final norm and LM head. ``--tasks`` scores each exit on
+lm-evaluation-harness tasks instead (:func:`surgeon.eval.harness.evaluate_tasks`, ``--task-data`` for local
+benchmark data): the one loaded model, its layer list swapped for each exit's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..eval.metrics import ExitQuality
 from ..exits import ExitSpec
-from ..options import ComputeOptions, EvaluationOptions, PlacementOptions, opt, with_default
+from ..options import ComputeOptions, EvaluationOptions, PlacementOptions, TaskOptions, opt, with_default
 from ..progress import Progress
 from ..tokenizer import load_tokenizer
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalOptions(EvaluationOptions, ComputeOptions, PlacementOptions):
+class EvalOptions(EvaluationOptions, TaskOptions, ComputeOptions, PlacementOptions):
     model: Path = opt(help="Checkpoint folder.", cli=False)
     eval_data: str = with_default(EvaluationOptions, "eval_data", "builtin:sotu",
                                   "Evaluation data spec (its held-out slice / validation split is used).",
@@ -36,11 +37,11 @@ class EvalOptions(EvaluationOptions, ComputeOptions, PlacementOptions):
     seq_len: int = with_default(EvaluationOptions, "seq_len", 512)
     eval_samples: int = with_default(EvaluationOptions, "eval_samples", 64, "Largest number of held-out sequences.",
                                      flags=("--samples",))
-    eval_batch_size: int = with_default(EvaluationOptions, "eval_batch_size", 4, "Sequences per forward pass.",
-                                        flags=("--batch-size",))
-    tasks: str | None = opt(None, "Run lm-evaluation-harness tasks on each exit instead (comma-separated, e.g. "
-                                  "hellaswag,arc_easy; needs `pip install lm-eval` and the tasks' data).")
-    limit: int | None = opt(None, "Examples per harness task (default: all).")
+    eval_batch_size: int = with_default(EvaluationOptions, "eval_batch_size", 4, "Sequences per forward pass (with "
+                                        "--tasks: harness requests per batch).", flags=("--batch-size",))
+    tasks: str | None = with_default(TaskOptions, "tasks", None, "Score each exit on lm-evaluation-harness tasks "
+                                     "instead, comma-separated: arc_easy, arc_challenge, piqa, hellaswag, boolq, "
+                                     "winogrande, openbookqa, sciq, mmlu (needs `pip install 'surgeon[eval]'`).")
 
     def __post_init__(self):
         if self.exit is None and not self.all_exits:
@@ -48,8 +49,9 @@ class EvalOptions(EvaluationOptions, ComputeOptions, PlacementOptions):
         if self.exit is not None and self.all_exits:
             raise UsageError("--exit and --all-exits exclude each other", "give one of them")
         self.check_evaluation()
-        if self.limit is not None and self.limit < 1:
-            raise UsageError(f"--limit {self.limit} is below 1", "give examples per task, or omit it for all")
+        if self.check_task_options() and self.offload != "none":
+            raise UsageError("--tasks runs the loaded model, not a streamed one (--offload layer)",
+                             "use --device-map auto for a model bigger than one device")
         self.check_placement()
 
 
@@ -107,11 +109,34 @@ def run(opts: EvalOptions, progress: Progress | None = None) -> ExitEvalResult:
                           sequences=len(examples), exits=quality)
 
 
-def run_harness(opts: EvalOptions) -> dict:
-    """``--tasks``: lm-evaluation-harness tasks on each requested exit (see surgeon.eval.harness)."""
-    from ..eval.harness import run_tasks
-    from ..io.checkpoint import Checkpoint
+@dataclass
+class TaskEvalResult:
+    """``eval --tasks``: each exit's harness results (:func:`surgeon.eval.harness.evaluate_tasks`)."""
 
+    model: str
+    num_layers: int
+    tasks: list[str]
+    task_data: str | None
+    limit: int | None
+    num_fewshot: int | None
+    exits: dict[str, dict[str, dict]] = field(default_factory=dict)  # exit label -> task -> result
+    layers: dict[str, int] = field(default_factory=dict)  # exit label -> layers kept
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_harness(opts: EvalOptions) -> TaskEvalResult:
+    """``--tasks``: the harness tasks on each requested exit of the one loaded model (layers swapped, no copy)."""
+    import time
+
+    from ..devices import compute_dtype, resolve_device
+    from ..eval.harness import evaluate_tasks
+    from ..io.checkpoint import Checkpoint
+    from ..runtime.sorted_model import SortedModel
+
+    tasks = opts.check_task_options()
     ckpt = Checkpoint.open(opts.model)
     L = ckpt.num_layers
     exits = chosen_exits(opts, L, ckpt.text_config)
@@ -119,5 +144,18 @@ def run_harness(opts: EvalOptions) -> dict:
     if narrowed:
         raise UsageError(f"--tasks runs full-width exits, but {narrowed[0].name or narrowed[0].layers} is narrowed",
                          "extract it first (surgeon extract --exit ...) and run the harness on the extract")
-    return run_tasks(opts.model, [None if e.depth == L else e for e in exits], opts.tasks, limit=opts.limit,
-                     dtype=opts.compute_dtype, device=opts.device)
+    t0 = time.perf_counter()
+    dtype = compute_dtype(resolve_device(opts.device), opts.compute_dtype)
+    sm = SortedModel.from_pretrained(opts.model, dtype=dtype, device=opts.device, device_map=opts.device_map,
+                                     max_memory=opts.max_memory, require_tokenizer=True)
+    out = TaskEvalResult(model=str(opts.model), num_layers=L, tasks=tasks,
+                         task_data=None if opts.task_data is None else str(opts.task_data), limit=opts.limit,
+                         num_fewshot=opts.num_fewshot)
+    for e in exits:
+        label = e.name or str(e.num_layers)
+        with sm.as_exit(e) as model:
+            out.exits[label] = evaluate_tasks(model, sm.tokenizer, tasks, task_data=opts.task_data, limit=opts.limit,
+                                              num_fewshot=opts.num_fewshot, batch_size=opts.eval_batch_size)
+        out.layers[label] = e.num_layers
+    out.seconds = round(time.perf_counter() - t0, 2)
+    return out

@@ -12,7 +12,9 @@
    gathered, one at a time, to the main process afterwards;
 5. **evaluate after** on the exact weights the output will hold, layer-streamed (each layer's LoRA
    deltas added to the original float weights as it is read, or the fully trained weights, cast to the
-   output dtype): no float copy of the model is ever held beside the trained one;
+   output dtype; the LM head one vocabulary slice at a time): no float copy of the model is ever held
+   beside the trained one, whose frozen weights (NF4 base, embedding, head) are released first
+   (:func:`surgeon.train.model.release_frozen`: the merge reads them from the source);
 6. **write** the merged checkpoint through the one output path (the training merged in as
    :func:`surgeon.train.merge.merge_transforms`; the recipe's exits in its sorted manifest, its
    results in the provenance), then **clean up** the checkpoints.
@@ -95,7 +97,7 @@ class Recipe:
         from ..io.checkpoint import Checkpoint
         from ..tokenizer import load_tokenizer
         from ..train import load_trainable, seed_everything, train
-        from ..train.model import checkpoint_family, distributed_state
+        from ..train.model import checkpoint_family, distributed_state, release_frozen
         from ..train.strategy import strategy_for
         from .output import save_merged
 
@@ -157,6 +159,7 @@ class Recipe:
         if main:
             if not opts.fsdp:  # a sharded model runs only with every process; the output is measured below
                 self.after_training(model, eval_ex)
+                release_frozen(model)  # from here on only the trained parameters are read: no second float copy
             if eval_ex:
                 from ..train.merge import merge_transforms
 

@@ -25,7 +25,7 @@ from ..exits import exit_name, parse_depths
 from ..manifest.build import quality_record_fields, quality_records
 from ..options import DeviceOptions, OutputOptions, RecipeOptions, opt
 from ..progress import Progress
-from ..soft.losses import LOSS_MODES
+from ..soft.losses import EXIT_LOSSES, LOSS_MODES, WEIGHT_SCHEMES, scheme_weights
 from .recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -42,31 +42,50 @@ class SoftOptions(RecipeOptions, OutputOptions, DeviceOptions):
     ffn_exits: str | None = opt(None, "Also train nested FFN widths: comma-separated fractions of intermediate_size "
                                       "(or counts), e.g. 0.25,0.5,0.75,1.0; the full width is always included. Each "
                                       "micro-batch samples one width (SortedNet Alg. 2). Run sort-width first.")
-    exit_weights: str | None = opt(None, "Comma-separated per-exit weights (sum: weighted mean; stochastic: "
-                                         "sampling weights). Default: uniform.")
+    exit_weights: str | None = opt(None, "Per-exit weights: uniform (the paper's eq. 1 mean), depth (LayerSkip's "
+                                         "scale, growing with depth), anchor[:S] (the deepest exit a share S, default "
+                                         "0.5, the rest split equally), or comma-separated numbers (sum: weighted mean; "
+                                         "stochastic: sampling weights). Default: uniform.")
+    exit_loss: str = opt("ce", "ce: every exit learns the labels (the paper's); kd: exits below the deepest learn the "
+                               "deepest exit's detached distribution (self-distillation, KL), the deepest the labels.",
+                         choices=EXIT_LOSSES)
+    curriculum: int = opt(0, "Bring the exits in gradually over this many steps, deepest first (LayerSkip's "
+                             "gradual curriculum); 0: every exit from the start.", metavar="STEPS")
     chunk_tokens: int | None = opt(None, "Tokens per chunk of full-vocabulary logits (default: 64 MiB of fp32 logits).")
 
     def __post_init__(self):
         self.check_output("sorted checkpoint")
         if not self.data:
             raise UsageError("--data is required", "give a data spec, e.g. --data alpaca, --data builtin:sotu or a .jsonl file")
+        if self.curriculum < 0:
+            raise UsageError(f"--curriculum must be >= 0 (got {self.curriculum})", "0 trains every exit from the start")
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise UsageError(f"--chunk-tokens must be positive (got {self.chunk_tokens})", "omit it for the default")
         self.weights()
         self.check_recipe()
         self.check_device()
 
-    def weights(self) -> tuple[float, ...] | None:
-        if self.exit_weights is None:
-            return None
+    def weights(self) -> str | tuple[float, ...] | None:
+        """``--exit-weights`` as a scheme name or numbers (validated against the exits in ``prepare``)."""
+        w = self.exit_weights
+        if w is None or w in WEIGHT_SCHEMES or w.startswith("anchor:"):
+            if w and w.startswith("anchor:"):
+                try:
+                    share = float(w.split(":", 1)[1])
+                except ValueError:
+                    share = -1.0
+                if not 0.0 < share <= 1.0:
+                    raise UsageError(f"--exit-weights {w}: the anchor share must be a number in (0, 1]",
+                                     "e.g. --exit-weights anchor:0.5")
+            return w
         try:
-            w = tuple(float(x) for x in self.exit_weights.split(","))
+            nums = tuple(float(x) for x in w.split(","))
         except ValueError:
-            raise UsageError(f"--exit-weights {self.exit_weights!r} is not a list of numbers",
-                             "give one weight per exit, e.g. --exit-weights 1,1,2") from None
-        if any(x < 0 for x in w) or sum(w) <= 0:
+            raise UsageError(f"--exit-weights {w!r} is neither a scheme nor a list of numbers",
+                             f"use {', '.join(WEIGHT_SCHEMES)}, anchor:S, or one weight per exit, e.g. 1,1,2") from None
+        if any(x < 0 for x in nums) or sum(nums) <= 0:
             raise UsageError("--exit-weights must be non-negative and not all zero", "e.g. --exit-weights 1,1,2")
-        return w
+        return nums
 
 
 @dataclass
@@ -101,10 +120,14 @@ class SoftRecipe(Recipe):
         self.num_layers = ckpt.num_layers
         self.depths = parse_depths(opts.exits, ckpt.num_layers)
         self.widths = parse_ffn_exits(opts.ffn_exits, ckpt.text_config.get("intermediate_size") or 0)
-        self.exit_weights = opts.weights()
-        if self.exit_weights is not None and len(self.exit_weights) != len(self.depths):
-            raise UsageError(f"--exit-weights has {len(self.exit_weights)} values for {len(self.depths)} exits",
+        weights = opts.weights()
+        if isinstance(weights, tuple) and len(weights) != len(self.depths):
+            raise UsageError(f"--exit-weights has {len(weights)} values for {len(self.depths)} exits",
                              f"give one weight per exit ({', '.join(map(str, self.depths))})")
+        self.exit_weights = scheme_weights(weights, self.depths, ckpt.num_layers)  # normalized, one per exit
+        if opts.exit_loss == "kd" and len(self.depths) < 2:
+            raise UsageError("--exit-loss kd needs at least two exits (the deepest is the teacher)",
+                             "add shallower exits, e.g. --exits 10,20,30, or drop --exit-loss")
 
     def measure(self, model, examples, label):
         """Every exit's quality, then (with ``--ffn-exits``) every (depth, narrower width) pair's loss."""
@@ -131,7 +154,8 @@ class SoftRecipe(Recipe):
         from ..soft.width import SortedWidthLoss
 
         opts = self.opts
-        loss_fn = SortedLoss(self.depths, opts.loss, self.exit_weights, opts.seed, opts.chunk_tokens)
+        loss_fn = SortedLoss(self.depths, opts.loss, self.exit_weights, opts.seed, opts.chunk_tokens,
+                             exit_loss=opts.exit_loss, curriculum=opts.curriculum, num_layers=self.num_layers)
         if len(self.widths) > 1:
             loss_fn = SortedWidthLoss(loss_fn, self.widths, self.family, opts.seed)
         return loss_fn
@@ -144,7 +168,8 @@ class SoftRecipe(Recipe):
             "exits": list(self.depths),
             "ffn_exits": list(self.widths) or None,
             "soft": {
-                "loss": opts.loss, "exit_weights": list(self.exit_weights) if self.exit_weights else None,
+                "loss": opts.loss, "exit_loss": opts.exit_loss, "curriculum": opts.curriculum,
+                "exit_weights": {"scheme": opts.exit_weights or "uniform", "normalized": [round(w, 6) for w in self.exit_weights]},
                 "data": run.data, "steps": run.train.steps, "train_tokens": run.train.tokens,
                 "seconds": round(run.train.seconds, 2), "final_train_loss": run.train.losses[-1],
                 "processes": run.processes,

@@ -7,7 +7,9 @@
 - :func:`~.metrics.heldout_loss`: the full model's loss on held-out data.
 - :mod:`.capture`: the shared final norm / LM head of a loaded model and the residual stream at
   each exit, captured by forward hooks in one pass.
-- :func:`~.harness.run_tasks`: lm-evaluation-harness tasks on each exit (``surgeon eval --tasks``).
+- :func:`~.harness.evaluate_tasks`: lm-evaluation-harness accuracy of an in-memory model (an exit view,
+  a model with layers swapped) on benchmark tasks, from local data (:mod:`.task_sources`, fetched by
+  :mod:`.task_data`) or the hub (``surgeon eval --tasks``, ``surgeon sweep``).
 
 Importing this package does not import torch.
 """

@@ -12,8 +12,10 @@ at every exit comes from as few forward passes as possible, none of which copies
   forward, :meth:`surgeon.runtime.stack.Stack.using`).
 
 Each exit's scored rows are then read through the shared final norm and LM head (with the family's
-soft-capping) ``chunk_tokens`` rows at a time and reduced in float32, so at most two chunks of
-full-vocabulary logits (the full model's and one exit's) exist at once. For each exit, over the same
+soft-capping) and reduced in float32 by :func:`~surgeon.eval.logits.score_rows`: ``chunk_tokens``
+rows at a time, one slice of the vocabulary at a time (the whole vocabulary for a loaded model's head;
+slices read from the checkpoint for a layer-streamed one), with an online log-sum-exp, so at most two
+blocks of logits (the full model's and one exit's) exist at once. For each exit, over the same
 scored tokens: mean cross-entropy (nats), perplexity, KL(full || exit) in nats per token, and the
 fraction of tokens whose top-1 token matches the full model's.
 
@@ -34,7 +36,8 @@ from ..devices import execution_device, input_device
 from ..errors import DataError
 from ..exits import ExitSpec
 from ..progress import Progress
-from .capture import ExitModules, capture_exits, default_chunk_tokens, exit_modules
+from .capture import ExitModules, capture_exits, exit_modules
+from .logits import VocabHead, score_rows
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +130,7 @@ def _run_pass(model, mods: ExitModules, keys: tuple, layers, widths, ids, mask) 
 
 
 class _Scores:
-    """Cross-entropy, KL(full || exit) and top-1 agreement sums of every exit key, chunk by chunk."""
+    """Cross-entropy, KL(full || exit) and top-1 agreement sums of every exit key (:func:`~.logits.score_rows`)."""
 
     def __init__(self, keys, full_key, kl: bool, chunk_tokens: int | None):
         self.keys, self.full_key, self.kl, self.chunk_tokens = keys, full_key, kl, chunk_tokens
@@ -136,24 +139,16 @@ class _Scores:
         self.agree = dict.fromkeys(keys, 0)
         self.count = 0
 
-    def add(self, mods: ExitModules, rows: dict, targets) -> None:
-        """Score the residual-stream ``rows`` ``{key: (N, D)}`` of ``N`` scored tokens against ``targets``."""
-        import torch
-
-        kl, full_key = self.kl, self.full_key
-        vocab = mods.head.weight.shape[0] if hasattr(mods.head, "weight") else 1
-        chunk = self.chunk_tokens or default_chunk_tokens(vocab)
-        for s in range(0, len(targets), chunk):
-            t = targets[s:s + chunk]
-            full = torch.log_softmax(mods.logits(rows[full_key][s:s + chunk]).float(), -1) if kl else None
-            pfull = full.exp() if kl else None
-            for k in self.keys:
-                lp = full if (kl and k == full_key) else torch.log_softmax(
-                    mods.logits(rows[k][s:s + chunk]).float(), -1)
-                self.ce[k] += float(-lp.gather(1, t[:, None]).sum())
-                if kl:
-                    self.kls[k] += float((pfull * (full - lp)).sum())
-                    self.agree[k] += int((full.argmax(-1) == lp.argmax(-1)).sum())
+    def add(self, head: VocabHead, normed: dict, targets) -> None:
+        """Score the normed residual-stream rows ``{key: (N, D)}`` of ``N`` scored tokens against ``targets``
+        (every exit key, and the full model's when ``kl``)."""
+        full = self.full_key if self.kl else None
+        wanted = dict.fromkeys([*self.keys, full] if full is not None else self.keys)
+        got = score_rows(head, {k: normed[k] for k in wanted}, targets, full, self.chunk_tokens)
+        for k in self.keys:
+            self.ce[k] += got[k].ce
+            self.kls[k] += got[k].kl
+            self.agree[k] += got[k].agree
         self.count += len(targets)
 
     def qualities(self, specs: Sequence[ExitSpec], keys: Sequence) -> list[ExitQuality]:
@@ -201,6 +196,7 @@ def measure_exits(model, examples: Sequence[dict], exits: Iterable[int | ExitSpe
         return scores.qualities(specs, keys), scores.count
     device = input_device(model)  # with a device map the layers, and the exits' hidden states, live elsewhere
     head_device = execution_device(mods.head, device)
+    head = VocabHead(mods)
     was_training = model.training
     model.eval()
     try:
@@ -212,9 +208,9 @@ def measure_exits(model, examples: Sequence[dict], exits: Iterable[int | ExitSpe
                 for pkeys, layers, widths in passes:
                     hidden.update(_run_pass(model, mods, pkeys, layers, widths, ids, mask))
                 targets, keep = _scored(batch["labels"].to(head_device))
-                rows = {k: _select(h, keep).to(head_device) for k, h in hidden.items()}
+                normed = {k: head.norm(_select(h, keep).to(head_device)) for k, h in hidden.items()}
                 del hidden
-                scores.add(mods, rows, targets)
+                scores.add(head, normed, targets)
                 if progress:
                     progress(min(b + batch_size, len(examples)), len(examples), "evaluating")
     finally:
@@ -224,6 +220,8 @@ def measure_exits(model, examples: Sequence[dict], exits: Iterable[int | ExitSpe
 
 def _measure_streamed(sm, examples, passes, scores: _Scores, batch_size: int, progress) -> None:
     """:func:`measure_exits` layer-major: every pass is a stream; exit rows are kept until the head runs."""
+    import torch
+
     from .streamed import Stream
 
     batches = [collate(examples[b:b + batch_size]) for b in range(0, len(examples), batch_size)]
@@ -245,10 +243,11 @@ def _measure_streamed(sm, examples, passes, scores: _Scores, batch_size: int, pr
     depth = max(max(st.layers) for st in streams) + 1
     sm.run(prepared, streams, on_output, depth=depth, progress=progress)
     del prepared
-    with sm.head() as mods:
-        for b, (targets, _) in enumerate(scored):
-            scores.add(mods, {k: r.to(sm.device) for k, r in rows[b].items()}, targets.to(sm.device))
-            rows[b] = None
+    with sm.head() as head, torch.inference_mode():  # every batch's rows in one pass over the head's slices
+        normed = {}
+        for k in list(rows[0]):
+            normed[k] = torch.cat([head.norm(r.pop(k).to(sm.device)) for r in rows])
+        scores.add(head, normed, torch.cat([t for t, _ in scored]).to(sm.device))
 
 
 def heldout_loss(model, data, batch_size: int = 8, progress: Progress | None = None,

@@ -6,10 +6,11 @@ the similarity analysis and width importance (:mod:`surgeon.analyze`) stream thr
 :class:`StreamedModel` builds the model's skeleton with empty (meta) parameters and reads weights
 from the lazy checkpoint reader only when they are needed: for a first pass, only the embedding rows
 of the batch's token ids (:meth:`~surgeon.io.checkpoint.Checkpoint.get_rows`: the embedding matrix
-is never whole in memory), then one decoder layer at a time, then the final norm and LM head, which
-a model built with ``logits=False`` (residual streams only: analyze, sort-width) never reads. The
-first pass runs the base model with every decoder layer and the final norm replaced by recorders
-that pass the hidden states through unchanged and keep the arguments the model hands each layer
+is never whole in memory), then one decoder layer at a time, then the final norm and the LM head, one
+slice of its vocabulary at a time (:mod:`surgeon.eval.logits`: online log-sum-exp, so the head is never
+whole either), which a model built with ``logits=False`` (residual streams only: analyze, sort-width)
+never reads. The first pass runs the base model with every decoder layer and the final norm replaced
+by recorders that pass the hidden states through unchanged and keep the arguments the model hands each layer
 (attention masks, rotary embeddings, position ids), so the model's own mask and position logic
 (sliding windows, per-layer attention types) is reused as is; the embedding module runs its own
 forward (Gemma's scale included) over the gathered rows with the ids renumbered to them, so its
@@ -20,10 +21,11 @@ callback, drop the weights. Forward hooks registered on the skeleton's modules f
 activation statistics (width importance) work unchanged.
 
 Peak memory: the activations of all batches (x streams) + the largest of (one batch's embedding
-rows, one layer, norm + head; no head with ``logits=False``). ``transforms`` (checkpoint tensor name
--> function of the source tensor) let the stream run *modified* weights without materializing them:
-healing's "after" evaluation adds each layer's LoRA delta to the original float weights as the layer
-is read, cast to the dtype the output is written in, so it measures exactly the written weights.
+rows, one layer, norm + one head slice and its blocks of logits; no head with ``logits=False``).
+``transforms`` (checkpoint tensor name -> function of the source tensor) let the stream run *modified*
+weights without materializing them: healing's "after" evaluation adds each layer's LoRA delta to the
+original float weights as the layer is read, cast to the dtype the output is written in, so it
+measures exactly the written weights.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..arch.skeleton import checked_tensor, checked_tensor_info, meta_model
+from .logits import VocabHead
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +62,10 @@ class StreamedModel:
     """A causal LM whose weights are read from ``path`` only while they are used (see module doc)."""
 
     def __init__(self, path: str | Path, *, device="cpu", dtype=None, transforms: dict[str, Callable] | None = None,
-                 out_dtype=None, logits: bool = True):
+                 out_dtype=None, logits: bool = True, vocab_chunk: int | None = None):
         """``logits=False``: the passes need the residual streams only; :meth:`head` refuses, so the
-        final norm and LM head are never read."""
+        final norm and LM head are never read. ``vocab_chunk``: LM head rows per slice read (default
+        :func:`~surgeon.eval.logits.default_vocab_chunk`: 64 MiB of float32)."""
         import torch
 
         from ..io.checkpoint import Checkpoint
@@ -76,6 +80,7 @@ class StreamedModel:
         self.transforms = transforms or {}
         self.out_dtype = out_dtype  # the dtype transformed tensors are written in (None: the source's)
         self.logits = logits
+        self.vocab_chunk = vocab_chunk
         self.ckpt, self.family, self.model = meta_model(path, self.dtype, self.device)
         self.layers = self.model.get_submodule(self.family.layers)
         self.num_layers = len(self.layers)
@@ -230,14 +235,28 @@ class StreamedModel:
 
     @contextmanager
     def head(self):
-        """The final norm and LM head loaded; yields the :class:`~surgeon.eval.capture.ExitModules`."""
-        from .capture import exit_modules
-
+        """The final norm loaded; yields a :class:`~surgeon.eval.logits.VocabHead` that reads the LM head in
+        slices of ``vocab_chunk`` rows, each in its stored dtype and cast to the compute dtype only while
+        it is used, so the head is never whole in memory."""
         if not self.logits:
             raise RuntimeError("this StreamedModel was built with logits=False: it never reads the final norm "
                                "or LM head; build it with logits=True to score exits")
-        mods = exit_modules(self.model)
-        norm = self.family.final_norm
-        with self.loaded(norm), self.loaded(self.family.lm_head):
-            yield mods
+        with self.loaded(self.family.final_norm):
+            yield _StreamedHead(self)
 
+
+class _StreamedHead(VocabHead):
+    """The LM head of a :class:`StreamedModel`, read from the checkpoint one vocabulary slice at a time."""
+
+    def __init__(self, sm: StreamedModel):
+        from .capture import exit_modules
+
+        super().__init__(exit_modules(sm.model), sm.vocab_chunk)  # the norm is loaded; the head stays empty
+        self.sm, self.sliced = sm, True
+        head = sm.family.lm_head
+        self.weight = f"{head}.weight"
+        self.bias = f"{head}.bias" if getattr(self.mods.head, "bias", None) is not None else None
+
+    def weights(self, start: int, stop: int) -> tuple:
+        rows = list(range(start, stop))
+        return self.sm.read(self.weight, rows=rows), self.sm.read(self.bias, rows=rows) if self.bias else None

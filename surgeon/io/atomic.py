@@ -139,3 +139,21 @@ def _normalize_modes(folder: Path) -> None:
                 os.chmod(p, 0o666 & ~umask)
             except OSError:
                 pass
+
+
+def write_file_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Replace the file ``path`` with ``data`` in one rename (a reader sees the old file or the new one,
+    never a half-written one); text is written as UTF-8."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (28, 13, 30):  # ENOSPC, EACCES, EROFS
+            raise OutputError(f"cannot write {path}: {e.strerror}", "free space or fix permissions, then rerun") from None
+        raise

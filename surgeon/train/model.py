@@ -94,7 +94,10 @@ def load_trainable(path: str | Path, setup: ModelSetup, family: Family | None = 
       while loading, one tensor at a time (:func:`surgeon.train.quant.load_nf4`: double quantization
       off, compute in fp32 on CPU / bf16 on GPU), prepared with
       ``peft.prepare_model_for_kbit_training``, then LoRA adapters (rank ``setup.rank``,
-      alpha ``setup.lora_alpha``, dropout ``setup.dropout``) wrap the target modules.
+      alpha ``setup.lora_alpha``, dropout ``setup.dropout``) wrap the target modules. The frozen
+      embedding and LM head compute in fp32 as peft makes them, but are held in bf16 where their values
+      are bf16 values (a bf16 checkpoint; any checkpoint on a GPU computing in bf16;
+      :mod:`surgeon.train.frozen`): the same values, half the bytes.
     - ``method="lora", quant="none"``: the same LoRA on the float base weights.
     - ``method="full"``: every parameter trains (fp32 master weights).
 
@@ -110,7 +113,9 @@ def load_trainable(path: str | Path, setup: ModelSetup, family: Family | None = 
     if setup.quant == "nf4":  # tensor by tensor: never the float model in memory (see surgeon.train.quant)
         from .quant import load_nf4
 
-        model = load_nf4(path, device, dtype)
+        # peft's k-bit preparation computes the embedding and head in fp32: they are held in the narrower
+        # of the stored and compute dtypes and computed in fp32 (surgeon.train.frozen), not copied to fp32
+        model = load_nf4(path, device, dtype, head_dtype=torch.float32)
     else:
         try:
             from ..hub import local_folder
@@ -183,6 +188,33 @@ def init_lora(model, seed: int) -> None:
         for name, p in unwrap(model).named_parameters():
             if is_lora_param(name):
                 p.copy_(lora_init_value(name, p.shape, seed).to(p.device, p.dtype))
+
+
+def release_frozen(model) -> int:
+    """Drop every frozen parameter and buffer of a trained ``model`` to the meta device; returns the bytes
+    freed. What follows training reads only the trained parameters (the merge and the "after" evaluation
+    read the source checkpoint for the rest), so the NF4 base, the embedding and the head go before the
+    layer-streamed evaluation reads the source: the model cannot run forward afterwards."""
+    import torch
+
+    from ..memory import trim
+
+    freed, seen = 0, set()
+    for mod in unwrap(model).modules():
+        for store in (mod._parameters, mod._buffers):
+            for name, t in list(store.items()):
+                if t is None or t.device.type == "meta" or (store is mod._parameters and t.requires_grad):
+                    continue
+                if t.data_ptr() not in seen:  # a tied head is the embedding
+                    seen.add(t.data_ptr())
+                    freed += t.numel() * t.element_size()
+                empty = torch.empty(t.shape, dtype=t.dtype, device="meta")
+                store[name] = torch.nn.Parameter(empty, requires_grad=False) if store is mod._parameters else empty
+        if getattr(mod, "quant_state", None) is not None:  # NF4 absmax and code tables (surgeon.train.quant)
+            mod.quant_state = None
+    trim()
+    log.info("released %.2f GiB of frozen weights after training", freed / 2**30)
+    return freed
 
 
 def unwrap(model, peft: bool = False):

@@ -19,15 +19,18 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def load_nf4(path: str | Path, device, compute_dtype, progress=None):
-    """The checkpoint at ``path`` with every linear layer but the LM head quantized to NF4 on ``device``."""
+def load_nf4(path: str | Path, device, compute_dtype, progress=None, head_dtype=None):
+    """The checkpoint at ``path`` with every linear layer but the LM head quantized to NF4 on ``device``;
+    the embedding and LM head compute in ``head_dtype`` (default ``compute_dtype``; see the module doc)."""
     import bitsandbytes as bnb
     import torch
 
     from ..arch.skeleton import checked_tensor, meta_model
     from ..memory import trim
+    from .frozen import held_dtype, hold_frozen
 
     device = torch.device(device)
+    head_dtype = head_dtype or compute_dtype
     ckpt, family, model = meta_model(path, compute_dtype, device)
     for name, mod in list(model.named_modules()):
         if type(mod) is torch.nn.Linear and name != family.lm_head:
@@ -36,27 +39,34 @@ def load_nf4(path: str | Path, device, compute_dtype, progress=None):
                                       compress_statistics=False, quant_type="nf4", quant_storage=torch.uint8)
             q.requires_grad_(False)
             model.set_submodule(name, q)
-    head_name = family.lm_head + ".weight"
+    head_name, embed_name = family.lm_head + ".weight", family.embed + ".weight"
     tied = head_name not in ckpt.tensors
     params = [(n, p) for n, p in model.named_parameters(remove_duplicate=False) if not (tied and n == head_name)]
+    held = {}  # embedding / head weights kept narrow (surgeon.train.frozen.held_dtype)
     for i, (name, old) in enumerate(params):
         t = checked_tensor(ckpt, name, old.shape)
         mod_name, _, pname = name.rpartition(".")
         mod = model.get_submodule(mod_name)
-        if isinstance(mod, bnb.nn.Linear4bit) and pname == "weight":
+        hold = held_dtype(t.dtype, compute_dtype, head_dtype) if name in (embed_name, head_name) else None
+        if hold is not None:
+            held[name] = t.to(device=device, dtype=hold)  # made a buffer by hold_frozen below
+        elif isinstance(mod, bnb.nn.Linear4bit) and pname == "weight":
             # module=None: a Params4bit that points back at its module kept every float source alive (bnb 0.50)
-            new = bnb.nn.Params4bit(t.to(compute_dtype), requires_grad=False,
-                                    **{**old.__dict__, "module": None}).to(device)
-            mod.quant_state = new.quant_state
+            mod._parameters[pname] = bnb.nn.Params4bit(t.to(compute_dtype), requires_grad=False,
+                                                       **{**old.__dict__, "module": None}).to(device)
+            mod.quant_state = mod._parameters[pname].quant_state
         else:
-            new = torch.nn.Parameter(t.to(device=device, dtype=compute_dtype), requires_grad=False)
-        mod._parameters[pname] = new
+            mod._parameters[pname] = torch.nn.Parameter(t.to(device=device, dtype=compute_dtype), requires_grad=False)
         del t
         if pname == "weight" and i % 8 == 7:
             trim()  # the float sources just freed (see surgeon.memory)
         if progress:
             progress(i + 1, len(params), "quantizing")
-    if tied:  # the LM head reads the embedding matrix
+    if tied and embed_name in held:  # the LM head reads the embedding matrix
+        held[head_name] = held[embed_name]
+    elif tied:
         model.get_submodule(family.lm_head).weight = model.get_submodule(family.embed).weight
+    if held:
+        hold_frozen(model, family, held, head_dtype)
     model.is_loaded_in_4bit = True
     return model.eval()  # the swapped-in Linear4bit modules too

