@@ -223,19 +223,27 @@ def _linear_ce():
 def _checkpointed_ce(mods: ExitModules, normed, targets, chunk: int):
     """Summed CE of one exit through a generic head, one checkpointed chunk at a time."""
     import torch
-    from torch.utils.checkpoint import checkpoint
 
     def chunk_loss(h, t):
         z = mods.cap(mods.head(h)).float()
         return torch.nn.functional.cross_entropy(z, t, reduction="sum")
 
-    total = normed.new_zeros((), dtype=torch.float32)
-    for s in range(0, targets.shape[0], chunk):
-        e = min(s + chunk, targets.shape[0])
+    return _sum_checkpointed_chunks(chunk_loss, normed, targets, chunk)
+
+
+def _sum_checkpointed_chunks(fn, rows, other, chunk: int):
+    """sum over chunks of ``fn(rows[s:e], other[s:e])``, each chunk under ``torch.utils.checkpoint`` when
+    gradients are on (its full-vocabulary logits are recomputed in the backward pass, one chunk at a time)."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    total = rows.new_zeros((), dtype=torch.float32)
+    for s in range(0, rows.shape[0], chunk):
+        e = min(s + chunk, rows.shape[0])
         if torch.is_grad_enabled():
-            total = total + checkpoint(chunk_loss, normed[s:e], targets[s:e], use_reentrant=False)
+            total = total + checkpoint(fn, rows[s:e], other[s:e], use_reentrant=False)
         else:
-            total = total + chunk_loss(normed[s:e], targets[s:e])
+            total = total + fn(rows[s:e], other[s:e])
     return total
 
 
@@ -243,7 +251,6 @@ def _checkpointed_kd(mods: ExitModules, normed, teacher_normed, chunk: int):
     """Summed KL(p_teacher || p_exit) of one exit through a generic head, one checkpointed chunk at a
     time; the teacher's rows are detached (no gradient reaches the teacher through this term)."""
     import torch
-    from torch.utils.checkpoint import checkpoint
 
     def chunk_kl(h, ht):
         with torch.no_grad():
@@ -251,15 +258,7 @@ def _checkpointed_kd(mods: ExitModules, normed, teacher_normed, chunk: int):
         logp = mods.cap(mods.head(h)).float().log_softmax(dim=-1)
         return torch.nn.functional.kl_div(logp, logp_t, reduction="sum", log_target=True)
 
-    teacher_normed = teacher_normed.detach()
-    total = normed.new_zeros((), dtype=torch.float32)
-    for s in range(0, normed.shape[0], chunk):
-        e = min(s + chunk, normed.shape[0])
-        if torch.is_grad_enabled():
-            total = total + checkpoint(chunk_kl, normed[s:e], teacher_normed[s:e], use_reentrant=False)
-        else:
-            total = total + chunk_kl(normed[s:e], teacher_normed[s:e])
-    return total
+    return _sum_checkpointed_chunks(chunk_kl, normed, teacher_normed.detach(), chunk)
 
 
 def exits_ce(mods: ExitModules, hidden: dict, labels, exits: Sequence[int], coefs: Sequence[float],
