@@ -157,6 +157,16 @@ def test_resume_refuses_other_measurement_options(tiny_models, tmp_path, fake):
     assert (out / "sweep.json").read_bytes() == before
     r = run_cli("sweep", tiny_models["llama"], *_flags(n="0,1", tasks="t"), "-o", out)
     assert r.exit_code != 0 and "--resume" in r.output and "--force" in r.output
+    # a sweep folder moved elsewhere: its prune lines follow it (they name its analysis.json)
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    r = run_cli("sweep", tiny_models["llama"], *_flags(n="0,1", tasks="t", limit="5"), "-o", moved, "--resume",
+                "--json")
+    assert r.exit_code == 0, r.output
+    sims = [p for p in json.loads(r.stdout)["points"] if p["strategy"] == "similarity"]
+    assert sims and all(f"--analysis {moved / 'analysis.json'}" in p["command"] for p in sims)
 
 
 def _tiny_task_data(root: Path) -> Path:
@@ -252,41 +262,54 @@ def test_default_grid_and_options():
         SweepOptions(model=Path("m"))
 
 
-def _pt(strategy, n, acc):
+def _pt(strategy, n, arc, boolq=0.62):
+    tasks = {"arc_easy": {"score": arc, "chance": 0.25}, "boolq": {"score": boolq, "chance": 0.5}}
     return CurvePoint(strategy=strategy, n=n, fraction=n / 10, dropped=list(range(n)), loss=1.0, normalized_loss=0.1,
-                      tokens=1, mean_accuracy=acc, command=f"prune {strategy} {n}")
+                      tokens=1, tasks=tasks, mean_accuracy=(arc + boolq) / 2, command=f"prune {strategy} {n}")
 
 
 def test_largest_cut_needs_every_smaller_n_within_tolerance():
-    ref = _pt("none", 0, 0.60)
-    pts = [_pt("similarity", 2, 0.58), _pt("similarity", 4, 0.50), _pt("similarity", 6, 0.59),  # noisy recovery
-           _pt("deepest", 2, 0.57), _pt("deepest", 4, 0.56), _pt("deepest", 6, 0.30)]
+    ref = _pt("none", 0, 0.60, 0.70)  # both tasks informative: the mean of the two decides
+    pts = [_pt("similarity", 2, 0.58, 0.70), _pt("similarity", 4, 0.40, 0.70), _pt("similarity", 6, 0.59, 0.70),
+           _pt("deepest", 2, 0.57, 0.70), _pt("deepest", 4, 0.56, 0.70), _pt("deepest", 6, 0.30, 0.70)]
     a = largest_cut(pts, ref, 0.05, ["similarity", "deepest"])
-    assert (a.n, a.strategy, a.command) == (4, "deepest", "prune deepest 4")
-    a = largest_cut(pts, ref, 0.10, ["similarity", "deepest"])
-    assert (a.n, a.strategy) == (6, "similarity")
+    assert (a.n, a.strategy, a.command, a.tasks) == (4, "deepest", "prune deepest 4", ["arc_easy", "boolq"])
+    a = largest_cut(pts, ref, 0.10, ["similarity", "deepest"])  # similarity n=4: mean 0.55 passes, n=6 too
+    assert (a.n, a.strategy) == (6, "similarity") and a.mean_accuracy == pytest.approx(0.645)
     a = largest_cut(pts, ref, 0.0, ["similarity", "deepest"])
     assert a.n == 0 and a.strategy is None and "keep every layer" in a.note
-    a = largest_cut(pts, ref, 0.05, ["similarity", "deepest"], chance=0.58)
-    assert "cannot tell the cuts apart" in a.note
-    ref.tasks = {"arc": {"score": 0.6, "chance": 0.25}, "boolq": {"score": 0.45, "chance": 0.5}}
+
+
+def test_a_task_at_chance_is_left_out_of_the_deciding_mean():
+    """BoolQ on a small model: the unpruned model is below chance, a broken one says "yes" and scores the share
+    of "yes" answers; in the mean it would hide the collapse of the other task."""
+    ref = _pt("none", 0, 0.60, 0.40)
+    pts = [_pt("deepest", 3, 0.30, 0.70), _pt("similarity", 3, 0.58, 0.45)]
+    assert pts[0].mean_accuracy >= ref.mean_accuracy  # the naive mean says the broken cut is fine
     a = largest_cut(pts, ref, 0.05, ["similarity", "deepest"])
-    assert a.n == 4 and "not above chance on boolq (0.450 vs chance 0.500)" in a.note and "arc" not in a.note
+    assert (a.n, a.strategy, a.tasks) == (3, "similarity", ["arc_easy"])
+    assert a.excluded == ["boolq (0.400 vs chance 0.500)"] and "left out of the mean" in a.note
+    assert a.unpruned == 0.60 and a.mean_accuracy == 0.58
+    a = largest_cut(pts, _pt("none", 0, 0.27, 0.40), 0.05, ["similarity", "deepest"])
+    assert a.n is None and "every task" in a.note
 
 
 @pytest.mark.slow
 def test_smollm2_sweep_with_real_tasks(smollm2, tmp_path):
-    """A small real sweep: SmolLM2, two points per strategy, ARC-Easy and BoolQ at --limit 20."""
+    """A small real sweep: SmolLM2, n = 3 and 12 with both strategies, ARC-Easy and PIQA at --limit 20."""
     from surgeon.eval.task_data import ensure_task_data
 
     out = tmp_path / "sweep"
     r = run_cli("sweep", smollm2, "--data", "builtin:sotu", "--samples", "8", "--seq-len", "128", "--eval-samples",
-                "4", "--tasks", "arc_easy,boolq", "--task-data", ensure_task_data(), "--limit", "20", "--n", "0,3,12",
-                "-o", out, "--json")
+                "4", "--tasks", "arc_easy,piqa", "--task-data", ensure_task_data(), "--limit", "20", "--n", "0,3,12",
+                "--task-batch-size", "16", "-o", out, "--json")
     assert r.exit_code == 0, r.output
     rec = json.loads(r.stdout)
     ref = rec["reference"]["unpruned"]
-    assert ref["tasks"]["arc_easy"]["n"] == 20 and ref["mean_accuracy"] > rec["reference"]["chance"]["mean"]
-    deep12 = next(p for p in rec["points"] if (p["strategy"], p["n"]) == ("deepest", 12))
-    assert deep12["normalized_loss"] > ref["normalized_loss"] + 0.3  # the deepest-but-last cut breaks the loss
-    assert rec["answer"]["tolerance"] == 0.05 and (out / "sweep.png").is_file()
+    assert ref["tasks"]["arc_easy"]["n"] == 20 and ref["tasks"]["piqa"]["n"] == 20
+    assert ref["mean_accuracy"] > rec["reference"]["chance"]["mean"] + 0.05
+    point = {(p["strategy"], p["n"]): p for p in rec["points"]}
+    assert point[("deepest", 12)]["dropped"] == list(range(17, 29))
+    # the deepest-but-last cut breaks the model (the loss of guessing uniformly: 1.0); l*(n) does not
+    assert point[("deepest", 3)]["normalized_loss"] > 0.8 > 0.4 > point[("similarity", 3)]["normalized_loss"]
+    assert rec["answer"]["tolerance"] == 0.05 and rec["complete"] and (out / "sweep.png").is_file()

@@ -76,18 +76,20 @@ def render_sweep(r, c=None) -> None:
                   "-" if chance.get("mean") is None else f"{chance['mean']:.3f}", "")
     c.print(t)
     a = r.answer
+    over = "" if not a.excluded else f" (mean of {', '.join(a.tasks)})"
     if a.unpruned is None:
         c.print(f"[yellow]no answer:[/] {a.note}")
     elif a.strategy is None:
-        c.print(f"[bold]answer:[/] no swept cut keeps the mean accuracy within {a.tolerance} of the unpruned "
-                f"{a.unpruned:.3f}." + (f" {a.note}" if a.note else ""))
+        c.print(f"[bold]answer:[/] no swept cut keeps the mean accuracy{over} within {a.tolerance} of the unpruned "
+                f"{a.unpruned:.3f}: keep every layer, heal the cut, or sweep smaller n")
     else:
         c.print(f"[bold]answer:[/] drop n = {a.n} of {rec['num_layers']} layers ({a.fraction:.0%}; layers "
-                f"{ranges(a.dropped)}, {a.strategy}): mean accuracy {a.mean_accuracy:.3f} vs {a.unpruned:.3f} "
+                f"{ranges(a.dropped)}, {a.strategy}): mean accuracy{over} {a.mean_accuracy:.3f} vs {a.unpruned:.3f} "
                 f"unpruned (tolerance {a.tolerance})")
-        if a.note:
-            c.print(f"[yellow]note:[/] {a.note}")
         c.print(f"  {a.command}", soft_wrap=True, markup=False)  # one line, to paste
+    if a.excluded:
+        c.print(f"[yellow]note:[/] left out of the mean: {', '.join(a.excluded)}: the unpruned model is not above "
+                "chance there, so the task cannot show a collapse")
     c.print(f"[green]wrote[/] {', '.join(r.files)} ({r.measured} points measured by this run; "
             f"{rec['seconds']:.0f}s in all)")
 

@@ -50,10 +50,10 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("similarity", "deepest")
 DEFAULT_MAX_FRACTION = 0.5  # the paper's transitions fall at 20-55% of the layers
 DEFAULT_POINTS = 20  # default step: ceil(L / 20), so about 10 values of n up to half the layers
-# Mean accuracy may drop this much (absolute) below the unpruned model's. At --limit 200 and 4 tasks
-# a point's mean has a stderr of ~0.015-0.02, so 0.05 is ~2.5-3 stderr: a cut inside it is not told
-# apart from the unpruned model, a drop beyond it is real, and it sits well above the noise but below
-# the collapse to chance the paper describes.
+# Mean accuracy may drop this much (absolute) below the unpruned model's. At --limit 100 a task's accuracy
+# has a stderr of ~0.05 and the mean of 3-4 tasks ~0.025-0.03, so 0.05 is about two stderr (three at
+# --limit 200): smaller drops are not told apart from noise, while the collapse the paper describes
+# (to chance) is several times larger on any model clearly above chance.
 DEFAULT_TOLERANCE = 0.05
 # the options that change what a point measures: a --resume must give the same values
 MEASUREMENT = ("data", "samples", "seq_len", "pack", "batch_size", "eval_data", "eval_samples", "eval_batch_size",
@@ -440,8 +440,10 @@ class _State:
         r = self.record
         ref = done[(REFERENCE, 0)]
         points = [done[k] for k in _plan(self.grid, self.strategies)[1:]]
-        chance = (r.get("reference") or {}).get("chance", {}).get("mean")
-        answer = largest_cut(points, ref, self.opts.tolerance, self.strategies, chance)
+        for p in points:  # written for this -o (a moved sweep folder resumed: its analysis.json's new path)
+            p.command = prune_command(self.opts, p.strategy, p.n)
+        r["points"] = [{**q, "command": prune_command(self.opts, q["strategy"], q["n"])} for q in r["points"]]
+        answer = largest_cut(points, ref, self.opts.tolerance, self.strategies)
         r.update(answer=answer.to_dict(), tolerance=self.opts.tolerance, complete=True)
         self._save()
         plot = {**r, "chance": (r.get("reference") or {}).get("chance", {}),

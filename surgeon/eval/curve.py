@@ -14,7 +14,10 @@ is the mean of the scores, its stderr sqrt(sum of squared stderrs) / number of t
 such that that point and every smaller swept ``n`` of the strategy keep the mean accuracy within
 ``tolerance`` (absolute) of the unpruned model's; then the strategy that drops the most (ties: the
 higher mean accuracy, then the order given). Requiring every smaller ``n`` to pass keeps a noisy
-recovery after a collapse from being taken for a safe cut.
+recovery after a collapse from being taken for a safe cut. The mean that decides leaves out the tasks
+the unpruned model is not more than ``tolerance`` above chance on (:func:`informative_tasks`): such a
+task cannot show a collapse, and its floor hides the others' (on SmolLM2-135M, BoolQ's first 100
+examples, 70% "yes", score 0.70 for a model cut to worse than uniform guessing that always says "yes").
 """
 
 from __future__ import annotations
@@ -91,7 +94,10 @@ def chance_levels(tasks: dict[str, dict]) -> dict[str, float | None]:
 
 @dataclass
 class Answer:
-    """The largest cut within ``tolerance`` of the unpruned mean accuracy (see :func:`largest_cut`)."""
+    """The largest cut within ``tolerance`` of the unpruned mean accuracy (see :func:`largest_cut`).
+
+    ``tasks``: the tasks whose mean decides (``excluded``: those the unpruned model is not above chance on);
+    ``unpruned`` and ``mean_accuracy`` are means over ``tasks``."""
 
     tolerance: float
     unpruned: float | None
@@ -101,47 +107,65 @@ class Answer:
     dropped: list[int] = field(default_factory=list)
     mean_accuracy: float | None = None
     command: str | None = None
+    tasks: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
     note: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def informative_tasks(reference: CurvePoint, tolerance: float) -> tuple[list[str], list[str]]:
+    """``(used, excluded)``: the tasks the unpruned model scores more than ``tolerance`` above chance on, and
+    the others (as ``"task (score vs chance c)"``). A task at chance cannot show a collapse, and a broken model
+    that always gives one answer scores that answer's share of the examples (BoolQ's "yes": 62%), so such a
+    task would hide the collapse of the others in the mean."""
+    used, excluded = [], []
+    for t, m in reference.tasks.items():
+        score, chance = m.get("score"), m.get("chance")
+        if score is not None and chance is not None and score <= chance + tolerance:
+            excluded.append(f"{t} ({score:.3f} vs chance {chance:.3f})")
+        else:
+            used.append(t)
+    return used, excluded
+
+
+def mean_of(point: CurvePoint, tasks: list[str]) -> float | None:
+    scores = [point.tasks.get(t, {}).get("score") for t in tasks]
+    return sum(scores) / len(scores) if scores and None not in scores else None
+
+
 def largest_cut(points: list[CurvePoint], reference: CurvePoint | None, tolerance: float,
-                strategies: list[str], chance: float | None = None) -> Answer:
-    """The answer of the sweep (see module doc). ``chance``: the tasks' mean chance accuracy, to say when
-    the unpruned model is itself too close to chance for the tasks to tell cuts apart."""
-    if reference is None or reference.mean_accuracy is None:
+                strategies: list[str]) -> Answer:
+    """The answer of the sweep (see module doc): on the mean accuracy of the :func:`informative_tasks`."""
+    if reference is None or not reference.tasks:
         return Answer(tolerance, None, note="no task accuracy was measured (give --tasks): no answer from the loss "
                                             "alone, which moves smoothly where accuracy collapses (paper, Fig. 3)")
-    ref = reference.mean_accuracy
+    used, excluded = informative_tasks(reference, tolerance)
+    if not used:
+        return Answer(tolerance, None, excluded=excluded,
+                      note="the unpruned model is within the tolerance of chance on every task: these tasks cannot "
+                           "tell the cuts apart; sweep tasks the model is good at")
+    ref = mean_of(reference, used)
+    note = (f"left out of the mean: {', '.join(excluded)}; the unpruned model is not above chance there, so the "
+            "task cannot show a collapse") if excluded else ""
     best: tuple | None = None
     for rank, s in enumerate(strategies):
         ok = None
         for p in sorted((p for p in points if p.strategy == s and p.n > 0), key=lambda p: p.n):
-            if p.mean_accuracy is None or p.mean_accuracy < ref - tolerance:
+            m = mean_of(p, used)
+            if m is None or m < ref - tolerance:
                 break
-            ok = p
-        if ok is not None and (best is None or (ok.n, ok.mean_accuracy, -rank) > best[0]):
-            best = ((ok.n, ok.mean_accuracy, -rank), ok)
-    notes = []
-    if chance is not None and ref - chance <= tolerance:
-        notes.append(f"the unpruned model's mean accuracy {ref:.3f} is within the tolerance of chance ({chance:.3f}): "
-                     "these tasks cannot tell the cuts apart; use tasks the model is good at")
-    weak = [f"{t} ({m['score']:.3f} vs chance {m['chance']:.3f})" for t, m in reference.tasks.items()
-            if m.get("score") is not None and m.get("chance") is not None and m["score"] <= m["chance"] + tolerance]
-    if weak and not notes:
-        notes.append(f"the unpruned model is not above chance on {', '.join(weak)}: such a task cannot show a "
-                     "collapse (a broken model that always gives one answer scores that answer's share), so it "
-                     "dilutes the mean; sweep without it")
-    note = "; ".join(notes)
+            ok = (p, m)
+        if ok is not None and (best is None or (ok[0].n, ok[1], -rank) > best[0]):
+            best = ((ok[0].n, ok[1], -rank), ok)
     if best is None:
-        return Answer(tolerance, ref, n=0, fraction=0.0, mean_accuracy=ref,
-                      note="; ".join(["no swept cut keeps the mean accuracy within the tolerance: keep every layer "
-                                      "(or heal the cut, or sweep smaller n)", *notes]))
-    p = best[1]
+        return Answer(tolerance, ref, n=0, fraction=0.0, mean_accuracy=ref, tasks=used, excluded=excluded,
+                      note="; ".join(x for x in ("no swept cut keeps the mean accuracy within the tolerance: keep "
+                                                 "every layer (or heal the cut, or sweep smaller n)", note) if x))
+    p, m = best[1]
     return Answer(tolerance, ref, n=p.n, strategy=p.strategy, fraction=p.fraction, dropped=list(p.dropped),
-                  mean_accuracy=p.mean_accuracy, command=p.command, note=note)
+                  mean_accuracy=m, command=p.command, tasks=used, excluded=excluded, note=note)
 
 
 # ----------------------------------------------------------------------------------------- files
@@ -173,19 +197,22 @@ def write_plot(record: dict, path: Path) -> None:
     points = [CurvePoint.from_dict(p) for p in record["points"]]
     ref = next((p for p in points if p.strategy == REFERENCE), None)
     tasks = list(record.get("tasks") or [])
+    answer = record.get("answer") or {}
+    used = answer.get("tasks") or tasks
     panels = [*tasks, "mean"] if tasks else []
     panels.append("loss")
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=110, squeeze=False)
-    chance = record.get("chance") or {}
-    answer = record.get("answer") or {}
+    chance = dict(record.get("chance") or {})
+    if used and all(chance.get(t) is not None for t in used):
+        chance["mean"] = sum(chance[t] for t in used) / len(used)
     for ax, panel in zip(axes.flat, panels):
         for s in reversed(record["strategies"]):  # the first strategy drawn last, on top
             pts = sorted([p for p in points if p.strategy == s] + ([ref] if ref else []), key=lambda p: p.n)
             xs, ys, es = [], [], []
             for p in pts:
-                y, e = _value(p, panel)
+                y, e = _value(p, panel, used)
                 if y is not None:
                     xs.append(p.fraction), ys.append(y), es.append(e or 0.0)
             if not xs:
@@ -195,14 +222,15 @@ def write_plot(record: dict, path: Path) -> None:
             if panel != "loss" and any(es):
                 ax.fill_between(xs, [y - e for y, e in zip(ys, es)], [y + e for y, e in zip(ys, es)],
                                 color=color, alpha=0.15, lw=0)
-        if ref is not None and _value(ref, panel)[0] is not None:
-            ax.axhline(_value(ref, panel)[0], ls="--", color="black", lw=1, label="unpruned")
+        if ref is not None and _value(ref, panel, used)[0] is not None:
+            ax.axhline(_value(ref, panel, used)[0], ls="--", color="black", lw=1, label="unpruned")
         level = 1.0 if panel == "loss" else chance.get(panel)
         if level is not None:
             ax.axhline(level, ls="--", color="gray", lw=1, label="chance" if panel != "loss" else "uniform guess")
         if panel != "loss" and answer.get("strategy") and answer.get("fraction"):
             ax.axvline(answer["fraction"], ls=":", color="green", lw=1, label=f"answer (n={answer['n']})")
-        title = {"mean": "mean accuracy", "loss": "normalized held-out loss"}.get(panel, panel)
+        title = {"mean": "mean accuracy" + (f" ({', '.join(used)})" if set(used) != set(tasks) else ""),
+                 "loss": "normalized held-out loss"}.get(panel, panel)
         if panel in tasks:
             metric = next((p.tasks[panel].get("metric") for p in points if panel in p.tasks), "acc")
             title += f" ({metric})"
@@ -225,10 +253,14 @@ def write_plot(record: dict, path: Path) -> None:
     write_file_atomic(path, buf.getvalue())
 
 
-def _value(p: CurvePoint, panel: str) -> tuple[float | None, float | None]:
+def _value(p: CurvePoint, panel: str, used: list[str]) -> tuple[float | None, float | None]:
     if panel == "loss":
         return p.normalized_loss, None
     if panel == "mean":
+        if set(used) != set(p.tasks):
+            errs = [p.tasks.get(t, {}).get("score_stderr") for t in used]
+            se = math.sqrt(sum(e * e for e in errs)) / len(errs) if used and None not in errs else None
+            return mean_of(p, used), se
         return p.mean_accuracy, p.mean_accuracy_stderr
     t = p.tasks.get(panel)
     return (t.get("score"), t.get("score_stderr")) if t else (None, None)
