@@ -54,28 +54,35 @@ def render_sweep(r, c=None) -> None:
     """The table of every point, the answer and the files written."""
     from rich.table import Table
 
+    from ..eval.curve import mean_of
+
     c = c or console()
+    if not c.is_terminal:  # a log or a pipe: keep the table's rows whole (a terminal wraps to its own width)
+        c.width = max(c.width, 150)
     rec, ref = r.record, r.reference
     tasks = list(rec.get("tasks") or [])
     limit = rec["options"].get("limit")
-    t = Table("strategy", "n", "drop", "layers", "loss", "loss/lnV", *tasks, "mean acc", "Δ",
+    a = r.answer
+    deciding = [f"mean w/o {', '.join(x.split(' (')[0] for x in a.excluded)}"] if a.excluded else []
+    t = Table("strategy", "n", "drop", "layers", "loss", "loss/lnV", *tasks, "mean acc", *deciding, "Δ",
               title=f"{rec['model']}: {rec['num_layers']} layers; held-out {rec['options']['eval_data']}"
                     + (f"; tasks: {limit} examples each" if tasks and limit else ""), title_justify="left")
     chance = (rec.get("reference") or {}).get("chance") or {}
     for p in [ref, *r.points]:
         acc = [_pct(p.tasks.get(k, {}).get("score")) for k in tasks]
-        delta = ("-" if p.mean_accuracy is None or p is ref or ref.mean_accuracy is None
-                 else f"{p.mean_accuracy - ref.mean_accuracy:+.3f}")
         mean = "-" if p.mean_accuracy is None else (f"{p.mean_accuracy:.3f}" + (
             f"±{p.mean_accuracy_stderr:.3f}" if p.mean_accuracy_stderr is not None else ""))
+        decides = mean_of(p, a.tasks) if a.excluded else p.mean_accuracy
+        extra = [_pct(decides)] if a.excluded else []
+        delta = "-" if p is ref or decides is None or a.unpruned is None else f"{decides - a.unpruned:+.3f}"
         t.add_row("unpruned" if p is ref else p.strategy, str(p.n), f"{p.fraction:.0%}",
                   ranges(p.dropped) if p.dropped else "-", f"{p.loss:.3f}", f"{p.normalized_loss:.3f}", *acc,
-                  mean, delta)
+                  mean, *extra, delta)
     if tasks:
-        t.add_row("chance", "", "", "", "", "1.000", *[_pct(chance.get(k)) for k in tasks],
-                  "-" if chance.get("mean") is None else f"{chance['mean']:.3f}", "")
+        used = [chance.get(k) for k in a.tasks]
+        t.add_row("chance", "", "", "", "", "1.000", *[_pct(chance.get(k)) for k in tasks], _pct(chance.get("mean")),
+                  *([_pct(sum(used) / len(used))] if a.excluded and used and None not in used else []), "")
     c.print(t)
-    a = r.answer
     over = "" if not a.excluded else f" (mean of {', '.join(a.tasks)})"
     if a.unpruned is None:
         c.print(f"[yellow]no answer:[/] {a.note}")

@@ -242,10 +242,13 @@ def write_plot(record: dict, path: Path) -> None:
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles, labels = axes.flat[len(panels) - 1 if not tasks else len(tasks)].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    limit = record.get("options", {}).get("limit")
+    order = sorted(range(len(labels)), key=lambda i: (record["strategies"] + labels).index(labels[i]))
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower center", ncol=len(labels),
+               fontsize=8, frameon=False)
+    options = record.get("options", {})
     fig.suptitle(f"{Path(str(record['model'])).name}: {record['num_layers']} layers, before healing"
-                 + (f"; {limit} examples per task" if limit else ""), fontsize=10)
+                 + (f"; {options['limit']} examples per task" if options.get("limit") else "")
+                 + (f"; {options['compute_dtype']}" if options.get("compute_dtype") else ""), fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
