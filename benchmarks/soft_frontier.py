@@ -14,7 +14,12 @@ peak learning rate (1e-4), with ``surgeon soft`` (one process per scheme):
 - ``anchor``: the full exit at half the weight (``--exit-weights anchor:0.5``);
 - ``kd``: the exits below L distil the full exit's detached distribution (``--exit-loss kd``), uniform weights;
 - ``anchor_kd``: both;
-- ``curriculum``: uniform, the exits entering deepest first over half the steps (``--curriculum``).
+- ``curriculum``: uniform, the exits entering deepest first over half the steps (``--curriculum``);
+- ``head_deepest``: uniform, only the full exit's loss trains the shared final norm and head
+  (``--head-grad deepest``);
+- ``shared_lr``: uniform, the shared final norm and head (the tied embedding too) at 0.1x the learning rate
+  (``--shared-lr-scale 0.1``);
+- ``anchor_kd_head``: anchor + kd + head_deepest.
 
 Each output is measured by ``surgeon eval`` on the held-out records (every 20th record of the file,
 which training never sees): the loss of every exit; then self-speculative decoding with the draft exit
@@ -54,6 +59,9 @@ SCHEMES = {
     "kd": {"--exit-loss": "kd"},
     "anchor_kd": {"--exit-weights": "anchor:0.5", "--exit-loss": "kd"},
     "curriculum": {"--curriculum": "HALF"},
+    "head_deepest": {"--head-grad": "deepest"},
+    "shared_lr": {"--shared-lr-scale": "0.1"},
+    "anchor_kd_head": {"--exit-weights": "anchor:0.5", "--exit-loss": "kd", "--head-grad": "deepest"},
 }
 
 

@@ -156,6 +156,92 @@ def test_distillation_loss_equals_naive_kl_and_gradients(tiny_models, family, wr
     _assert_close_grads(_grads(model), g_ref)
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma2"])  # gemma2: soft-capping, tied head (= the embedding)
+@pytest.mark.parametrize("wrapped", [False, True])
+@pytest.mark.parametrize("exit_loss", ["ce", "kd"])
+def test_head_grad_deepest_trains_the_head_on_the_deepest_exit_only(tiny_models, family, wrapped, exit_loss):
+    """head_grad="deepest": the final norm's and the head's gradients are those of the deepest exit's term
+    alone (every other term reads them detached); every other parameter's gradient is unchanged, and so
+    is the loss."""
+    import torch
+
+    from surgeon.eval.capture import exit_modules
+    from surgeon.soft.losses import SortedLoss
+
+    model = load_model(tiny_models[family])
+    if wrapped:
+        class WrappedLinear(torch.nn.Linear):
+            pass
+
+        old = model.lm_head
+        model.lm_head = WrappedLinear(old.in_features, old.out_features, bias=False)
+        model.lm_head.weight = old.weight
+    mods = exit_modules(model)
+    shared = {id(p) for m in (mods.norm, mods.head) for p in m.parameters()}
+    names = {n for n, p in model.named_parameters() if id(p) in shared}
+    batch = _batch(2)
+    exits, weights = [2, 4, 6], [1.0, 2.0, 3.0]
+
+    def grads(**kw):
+        model.zero_grad()
+        loss, metrics = SortedLoss(exits, "sum", weights, chunk_tokens=7, exit_loss=exit_loss, **kw)(model, batch)
+        loss.backward()
+        return loss, metrics, _grads(model)
+
+    loss_all, m_all, g_all = grads()
+    loss_d, m_d, g_d = grads(head_grad="deepest")
+    assert float(loss_d.detach()) == pytest.approx(float(loss_all.detach()), rel=1e-6) and m_d == pytest.approx(m_all, rel=1e-6)
+    # only the deepest exit's term: its cross-entropy at weight 3/6, from a loss over that exit alone
+    model.zero_grad()
+    deep, _ = SortedLoss([6], "sum", chunk_tokens=7)(model, batch)
+    (deep * 0.5).backward()
+    g_deep = _grads(model)
+    tied = family == "gemma2"  # the tied head is the embedding, which also learns from the input side
+    for n in g_all:
+        if n in names and not tied:
+            _assert_close_grads({n: g_d[n]}, {n: g_deep[n]})
+            assert (g_d[n] - g_all[n]).abs().max() > 1e-6 * g_all[n].abs().max(), n  # the exits did reach it
+        elif n not in names:
+            _assert_close_grads({n: g_d[n]}, {n: g_all[n]})
+    if tied:  # the norm still follows the deepest exit alone
+        norm_names = {n for n, p in model.named_parameters() if any(p is q for q in mods.norm.parameters())}
+        for n in norm_names:
+            _assert_close_grads({n: g_d[n]}, {n: g_deep[n]})
+
+
+def test_shared_lr_scale_puts_the_norm_and_head_in_their_own_adamw_group(tiny_models, text_data, tmp_path):
+    """--shared-lr-scale: one AdamW group for the final norm and head at F x the scheduled LR; with F = 1
+    the run is the unscaled one exactly; after training, the shared weights moved less at F < 1."""
+    import torch
+
+    from surgeon.train.loop import _param_groups
+    from surgeon.train.schedule import set_lr
+
+    a, b, c = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    groups = _param_groups([a, b, c], {b: 0.1})
+    assert [len(g["params"]) for g in groups] == [2, 1] and [g["lr_scale"] for g in groups] == [1.0, 0.1]
+    opt = torch.optim.AdamW(groups, lr=1.0)
+    set_lr(opt, 2e-4)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2e-4, 2e-5])
+    assert len(_param_groups([a, b], None)) == 1
+
+    src = tiny_models["llama"]
+    base = load_model(src)
+    _run(src, text_data, tmp_path / "one", "2,4,6", steps=4)
+    _run(src, text_data, tmp_path / "same", "2,4,6", steps=4, shared_lr_scale=1.0)
+    _run(src, text_data, tmp_path / "slow", "2,4,6", steps=4, shared_lr_scale=0.01)
+    one, same, slow = (load_model(tmp_path / x) for x in ("one", "same", "slow"))
+    for (n, p1), (_, p2) in zip(one.state_dict().items(), same.state_dict().items()):
+        assert torch.equal(p1, p2), n
+    moved = lambda m, n: (m.state_dict()[n] - base.state_dict()[n]).abs().max().item()  # noqa: E731
+    for n in ("model.norm.weight", "lm_head.weight"):
+        assert moved(slow, n) < 0.05 * moved(one, n), n
+    n = "model.layers.0.mlp.up_proj.weight"
+    assert moved(slow, n) > 0.2 * moved(one, n)
+    prov = json.loads((tmp_path / "slow" / "surgeon_provenance.json").read_text())["operations"][-1]["soft"]
+    assert prov["shared_lr_scale"] == 0.01 and prov["head_grad"] == "all"
+
+
 def test_exit_weight_schemes_and_curriculum():
     from surgeon.soft.losses import curriculum_exits, scheme_weights
 
@@ -400,6 +486,8 @@ def test_soft_cli_rejects_bad_input_before_training(tiny_models, text_data, tmp_
         (["--exits", "2,6", "--exit-weights", "anchor:2"], "anchor share must be a number in (0, 1]"),
         (["--exits", "6", "--exit-loss", "kd"], "needs at least two exits"),
         (["--curriculum", "-1"], "--curriculum must be >= 0"),
+        (["--shared-lr-scale", "0"], "--shared-lr-scale must be positive"),
+        (["--head-grad", "some"], "Invalid value for '--head-grad'"),
         (["--method", "full", "--quant", "nf4"], "cannot train 4-bit"),
     ]
     for args, words in cases:

@@ -76,6 +76,10 @@ class Recipe:
         """The ``loss_fn`` for :func:`surgeon.train.train` (None: the model's own causal-LM loss)."""
         return None
 
+    def lr_scales(self, model) -> dict | None:
+        """{parameter: learning-rate factor} for parameters that learn at another rate (None: all at 1x)."""
+        return None
+
     def after_training(self, model, examples: list[dict]) -> None:
         """Main process, after training and before the output is measured (e.g. the as-trained loss)."""
 
@@ -147,7 +151,8 @@ class Recipe:
             report(info.step, info.steps, f"training  loss {info.loss:.3f}  {info.tokens_per_s:,.0f} tok/s")
 
         result = train(model, train_ex, cfg, loss_fn=loss_fn, checkpoint_dir=ckdir if cfg.save_every else None,
-                       resume=opts.resume, progress=on_step, cpu=device.type == "cpu")
+                       resume=opts.resume, progress=on_step, cpu=device.type == "cpu",
+                       lr_scales=self.lr_scales(model))
         del loss_fn
         # sharded: every process takes part, the main process keeps the full trained tensors (else None)
         self.gathered = strategy_for(model).gather_trained(model, main, self.output_dtype(ckpt))

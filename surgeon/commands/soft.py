@@ -25,7 +25,7 @@ from ..exits import exit_name, parse_depths
 from ..manifest.build import quality_record_fields, quality_records
 from ..options import DeviceOptions, OutputOptions, RecipeOptions, opt
 from ..progress import Progress
-from ..soft.losses import EXIT_LOSSES, LOSS_MODES, WEIGHT_SCHEMES, scheme_weights
+from ..soft.losses import EXIT_LOSSES, HEAD_GRADS, LOSS_MODES, WEIGHT_SCHEMES, scheme_weights
 from .recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,11 @@ class SoftOptions(RecipeOptions, OutputOptions, DeviceOptions):
                          choices=EXIT_LOSSES)
     curriculum: int = opt(0, "Bring the exits in gradually over this many steps, deepest first (LayerSkip's "
                              "gradual curriculum); 0: every exit from the start.", metavar="STEPS")
+    head_grad: str = opt("all", "Which exits' losses train the shared final norm and LM head: all (the paper's) or "
+                                "deepest (the exits read them detached and adapt their own layers to the full "
+                                "model's head).", choices=HEAD_GRADS)
+    shared_lr_scale: float = opt(1.0, "Learning-rate factor of the shared final norm and LM head (and the tied "
+                                      "embedding) against the other trained weights; 1: the same LR.", metavar="F")
     chunk_tokens: int | None = opt(None, "Tokens per chunk of full-vocabulary logits (default: 64 MiB of fp32 logits).")
 
     def __post_init__(self):
@@ -59,6 +64,9 @@ class SoftOptions(RecipeOptions, OutputOptions, DeviceOptions):
             raise UsageError("--data is required", "give a data spec, e.g. --data alpaca, --data builtin:sotu or a .jsonl file")
         if self.curriculum < 0:
             raise UsageError(f"--curriculum must be >= 0 (got {self.curriculum})", "0 trains every exit from the start")
+        if not self.shared_lr_scale > 0:
+            raise UsageError(f"--shared-lr-scale must be positive (got {self.shared_lr_scale})",
+                             "e.g. --shared-lr-scale 0.1; --head-grad deepest keeps the exits' losses off the head")
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise UsageError(f"--chunk-tokens must be positive (got {self.chunk_tokens})", "omit it for the default")
         self.weights()
@@ -155,10 +163,24 @@ class SoftRecipe(Recipe):
 
         opts = self.opts
         loss_fn = SortedLoss(self.depths, opts.loss, self.exit_weights, opts.seed, opts.chunk_tokens,
-                             exit_loss=opts.exit_loss, curriculum=opts.curriculum, num_layers=self.num_layers)
+                             exit_loss=opts.exit_loss, curriculum=opts.curriculum, num_layers=self.num_layers,
+                             head_grad=opts.head_grad)
         if len(self.widths) > 1:
             loss_fn = SortedWidthLoss(loss_fn, self.widths, self.family, opts.seed)
         return loss_fn
+
+    def lr_scales(self, model):
+        """``--shared-lr-scale``: the trained parameters of the final norm and LM head (the embedding too
+        when tied) at that factor."""
+        if self.opts.shared_lr_scale == 1.0:
+            return None
+        from ..eval.capture import exit_modules
+
+        mods = exit_modules(model)
+        shared = [p for m in (mods.norm, mods.head) for p in m.parameters() if p.requires_grad]
+        if not shared:
+            log.warning("--shared-lr-scale: the final norm and LM head are not trained with this --method")
+        return {p: self.opts.shared_lr_scale for p in shared}
 
     def provenance(self, run):
         opts = self.opts
@@ -169,6 +191,7 @@ class SoftRecipe(Recipe):
             "ffn_exits": list(self.widths) or None,
             "soft": {
                 "loss": opts.loss, "exit_loss": opts.exit_loss, "curriculum": opts.curriculum,
+                "head_grad": opts.head_grad, "shared_lr_scale": opts.shared_lr_scale,
                 "exit_weights": {"scheme": opts.exit_weights or "uniform", "normalized": [round(w, 6) for w in self.exit_weights]},
                 "data": run.data, "steps": run.train.steps, "train_tokens": run.train.tokens,
                 "seconds": round(run.train.seconds, 2), "final_train_loss": run.train.losses[-1],

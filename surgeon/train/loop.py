@@ -221,12 +221,15 @@ def train(
     resume: bool = False,
     progress: Callable[[StepInfo], None] | None = None,
     cpu: bool = False,
+    lr_scales: dict | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``cfg.steps`` optimizer steps (see :mod:`surgeon.train`); ``cpu=True``
     trains on the CPU even when an accelerator is present. A model sharded by
     :func:`surgeon.train.fsdp.shard` trains under FSDP2 (sharded gradients and optimizer state,
     sharded checkpoints); any other model under accelerate (DDP when several processes run): the
-    :class:`~surgeon.train.strategy.Strategy` of :func:`~surgeon.train.strategy.strategy_for`."""
+    :class:`~surgeon.train.strategy.Strategy` of :func:`~surgeon.train.strategy.strategy_for`.
+    ``lr_scales``: {parameter: factor}; those parameters learn at ``factor`` times the scheduled
+    learning rate (their own AdamW group), the others at 1x."""
     import torch
 
     from .strategy import strategy_for
@@ -247,7 +250,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UsageError("the model has no trainable parameters", "load it with surgeon.train.load_trainable")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(params, lr_scales), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = strategy.prepare(model, optimizer)
     model.train()
     warmup = effective_warmup(cfg.warmup, cfg.steps)
@@ -318,6 +321,16 @@ def train(
     seconds = time.time() - t0
     strategy.close()
     return TrainResult(cfg.steps, losses, seconds, tokens, start, metrics_log, last_ckpt)
+
+
+def _param_groups(params: list, lr_scales: dict | None) -> list[dict]:
+    """AdamW groups: the parameters at 1x, then one group per other ``lr_scales`` factor (order kept
+    within each group, so an unscaled run has exactly the one group it always had)."""
+    scales = {id(p): float(f) for p, f in (lr_scales or {}).items()}
+    groups: dict[float, list] = {}
+    for p in params:
+        groups.setdefault(scales.get(id(p), 1.0), []).append(p)
+    return [{"params": ps, "lr_scale": f} for f, ps in sorted(groups.items(), key=lambda kv: kv[0] != 1.0)]
 
 
 def batch_width(examples: Sequence[dict]) -> int:

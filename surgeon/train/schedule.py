@@ -26,5 +26,6 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
 
 
 def set_lr(optimizer, lr: float) -> None:
+    """Every parameter group at ``lr`` times its ``lr_scale`` (1 when the group has none)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
