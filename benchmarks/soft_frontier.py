@@ -197,6 +197,31 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def table(results: dict) -> str:
+    """The README's table: one row per (run, scheme): every exit's held-out loss, the full exit and the
+    intermediate exits against SFT's of the same run, acceptance at the draft exit, time per step."""
+    lines = []
+    for key, run_ in sorted(results["runs"].items()):
+        L = str(run_["num_layers"])
+        exits = [str(e) for e in run_["exits"]]
+        lines += [f"\n{key} ({run_['steps']} steps; held-out loss in nats, {run_['eval_samples']} x {run_['seq_len']} "
+                  "tokens)\n",
+                  "| scheme | " + " | ".join(f"exit {e}" for e in exits) + " | full - SFT | exits <= 2L/3 - SFT (worst) | "
+                  f"acceptance @{run_['untrained']['speculative']['draft_exit']} | s/step |",
+                  "|---" * (len(exits) + 5) + "|"]
+        rows = [("untrained", run_["untrained"])] + list(run_["schemes"].items())
+        for name, s in rows:
+            loss = " | ".join(f"{s['exit_loss'][e]:.2f}" for e in exits)
+            full = f"{s['full_minus_sft']:+.3f}" if "full_minus_sft" in s else "-"
+            worst = (f"{max(v for k, v in s['exits_minus_sft'].items() if int(k) <= int(L) * 2 // 3):+.2f}"
+                     if s.get("exits_minus_sft") and name != "sft" else "-")
+            spec = s["speculative"]
+            acc = f"{spec['acceptance_rate']:.3f}" + ("" if spec["identical_to_full_greedy"] else " (differs!)")
+            step = f"{s['seconds_per_step']:.1f}" if "seconds_per_step" in s else "-"
+            lines.append(f"| {name} | {loss} | {full} | {worst} | {acc} | {step} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="checkpoint folder (default: SmolLM2-135M-Instruct)")
@@ -211,13 +236,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--eval-samples", type=int, default=24)
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--table", action="store_true", help="print the README's markdown table and exit")
+    ap.add_argument("--results", type=Path, help="results JSON (default: benchmarks/results/soft_frontier.json)")
     args = ap.parse_args(argv)
-    if not args.plot_only:
+    if not (args.plot_only or args.table):
         unknown = set(args.schemes.split(",")) - set(SCHEMES)
         if unknown:
             ap.error(f"unknown schemes {sorted(unknown)}; choose from {', '.join(SCHEMES)}")
-    path = RESULTS / "soft_frontier.json"
+    path = args.results or RESULTS / "soft_frontier.json"
     results = json.loads(path.read_text()) if path.exists() else {"benchmark": "soft_frontier", "runs": {}}
+    if args.table:
+        print(table(results))
+        return
     if not args.plot_only:
         def save(run_: dict) -> None:
             key = f"{Path(run_['model']).name}@{args.steps}"
