@@ -99,6 +99,19 @@ def test_chunked_loss_equals_naive_loss_and_gradients(tiny_models, family):
     _assert_close_grads(_grads(model), g_ref)
 
 
+def _wrap_head(model):
+    """Replace the LM head by a subclass of nn.Linear sharing its weight: a head that is not a plain
+    nn.Linear (as peft / bitsandbytes wrap it) takes the checkpointed path."""
+    import torch
+
+    class WrappedLinear(torch.nn.Linear):
+        pass
+
+    old = model.lm_head
+    model.lm_head = WrappedLinear(old.in_features, old.out_features, bias=False)
+    model.lm_head.weight = old.weight
+
+
 def _naive_kd_total(model, batch, exits, weights):
     """Reference for exit_loss="kd": the deepest exit's CE, the others' KL(p_deepest.detach() || p_n),
     from full-vocabulary logits over the supervised tokens, weighted and normalized."""
@@ -129,18 +142,12 @@ def _naive_kd_total(model, batch, exits, weights):
 @pytest.mark.parametrize("family", ["llama", "gemma2"])  # gemma2: soft-capping, tied head
 @pytest.mark.parametrize("wrapped", [False, True])  # True: a head that is not a plain nn.Linear (checkpointed path)
 def test_distillation_loss_equals_naive_kl_and_gradients(tiny_models, family, wrapped):
-    import torch
 
     from surgeon.soft.losses import SortedLoss
 
     model = load_model(tiny_models[family])
     if wrapped:
-        class WrappedLinear(torch.nn.Linear):
-            pass
-
-        old = model.lm_head
-        model.lm_head = WrappedLinear(old.in_features, old.out_features, bias=False)
-        model.lm_head.weight = old.weight
+        _wrap_head(model)
     batch = _batch()
     exits, weights = [2, 4, 6], [1.0, 2.0, 3.0]
     ref, terms = _naive_kd_total(model, batch, exits, weights)
@@ -163,19 +170,13 @@ def test_head_grad_deepest_trains_the_head_on_the_deepest_exit_only(tiny_models,
     """head_grad="deepest": the final norm's and the head's gradients are those of the deepest exit's term
     alone (every other term reads them detached); every other parameter's gradient is unchanged, and so
     is the loss."""
-    import torch
 
     from surgeon.eval.capture import exit_modules
     from surgeon.soft.losses import SortedLoss
 
     model = load_model(tiny_models[family])
     if wrapped:
-        class WrappedLinear(torch.nn.Linear):
-            pass
-
-        old = model.lm_head
-        model.lm_head = WrappedLinear(old.in_features, old.out_features, bias=False)
-        model.lm_head.weight = old.weight
+        _wrap_head(model)
     mods = exit_modules(model)
     shared = {id(p) for m in (mods.norm, mods.head) for p in m.parameters()}
     names = {n for n, p in model.named_parameters() if id(p) in shared}
@@ -278,17 +279,11 @@ def test_curriculum_trains_only_the_entered_exits(tiny_models):
 
 def test_checkpointed_path_for_wrapped_heads_matches_naive(tiny_models):
     """A head that is not a plain nn.Linear (peft / bitsandbytes) goes through torch.utils.checkpoint."""
-    import torch
 
     from surgeon.soft.losses import SortedLoss, naive_exit_losses
 
-    class WrappedLinear(torch.nn.Linear):
-        pass
-
     model = load_model(tiny_models["llama"])
-    old = model.lm_head
-    model.lm_head = WrappedLinear(old.in_features, old.out_features, bias=False)
-    model.lm_head.weight = old.weight
+    _wrap_head(model)
     batch = _batch(1)
     ref = sum(naive_exit_losses(model, batch, [3, 6])) / 2
     model.zero_grad()
