@@ -65,16 +65,21 @@ def test_fsdp_without_a_launcher_is_a_one_line_error(tiny_models, text, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("extra, message", [([], "NF4"), (["--quant", "none", "--distill", "logits"], "teacher")])
-def test_fsdp_refuses_what_it_cannot_shard(tiny_models, text, tmp_path, monkeypatch, extra, message):
+@pytest.mark.parametrize("cmd, extra, message", [
+    ("heal", [], "NF4"),
+    ("heal", ["--quant", "none", "--distill", "logits"], "teacher"),
+    ("soft", ["--method", "full", "--quant", "none", "--head-grad", "deepest"], "--head-grad deepest"),
+])
+def test_fsdp_refuses_what_it_cannot_shard(tiny_models, text, tmp_path, monkeypatch, cmd, extra, message):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as if launched: the options are checked before anything starts
     monkeypatch.setenv("RANK", "0")
-    r = run_cli("heal", tiny_models["llama"], "--data", text, "-o", tmp_path / "h", "--fsdp", *extra)
+    r = run_cli(cmd, tiny_models["llama"], "--data", text, "-o", tmp_path / "h", "--fsdp", *extra)
     assert r.exit_code != 0 and message in r.stderr and "\n" not in r.stderr.strip()
 
 
 @pytest.mark.parametrize("family, extra, sharded_extra", [
     ("llama", [], []),
+    ("llama", ["--shared-lr-scale", "0.5"], []),  # the shared norm and head in a second AdamW group
     ("gemma3_text", ["--gradient-checkpointing"], []),
     ("gemma3_text", [], ["--fsdp-offload", "--save-every", "2"]),
 ])

@@ -64,6 +64,9 @@ class SoftOptions(RecipeOptions, OutputOptions, DeviceOptions):
             raise UsageError("--data is required", "give a data spec, e.g. --data alpaca, --data builtin:sotu or a .jsonl file")
         if self.curriculum < 0:
             raise UsageError(f"--curriculum must be >= 0 (got {self.curriculum})", "0 trains every exit from the start")
+        if self.head_grad == "deepest" and self.fsdp:
+            raise UsageError("--head-grad deepest reads the head through detached parameters, which FSDP2's sharded "
+                             "head does not support yet", "drop --head-grad deepest (or --fsdp), or use --shared-lr-scale")
         if not self.shared_lr_scale > 0:
             raise UsageError(f"--shared-lr-scale must be positive (got {self.shared_lr_scale})",
                              "e.g. --shared-lr-scale 0.1; --head-grad deepest keeps the exits' losses off the head")
