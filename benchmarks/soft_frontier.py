@@ -19,7 +19,9 @@ peak learning rate (1e-4), with ``surgeon soft`` (one process per scheme):
   (``--head-grad deepest``);
 - ``shared_lr``: uniform, the shared final norm and head (the tied embedding too) at 0.1x the learning rate
   (``--shared-lr-scale 0.1``);
-- ``anchor_kd_head``: anchor + kd + head_deepest.
+- ``anchor_kd_head``: anchor + kd + head_deepest;
+- ``anchor90_kd_head``: the same with the full exit at 0.9 of the weight;
+- ``anchor95_kd``: the full exit at 0.95, the other exits distilled.
 
 Each output is measured by ``surgeon eval`` on the held-out records (every 20th record of the file,
 which training never sees): the loss of every exit; then self-speculative decoding with the draft exit
@@ -62,6 +64,8 @@ SCHEMES = {
     "head_deepest": {"--head-grad": "deepest"},
     "shared_lr": {"--shared-lr-scale": "0.1"},
     "anchor_kd_head": {"--exit-weights": "anchor:0.5", "--exit-loss": "kd", "--head-grad": "deepest"},
+    "anchor90_kd_head": {"--exit-weights": "anchor:0.9", "--exit-loss": "kd", "--head-grad": "deepest"},
+    "anchor95_kd": {"--exit-weights": "anchor:0.95", "--exit-loss": "kd"},
 }
 
 
@@ -188,10 +192,11 @@ def plot(results: dict, path: Path) -> None:
                        color=f"C{i}", label=f"{name}" if j == 0 else None, s=50)
             ax.annotate(f"{name}@{run['steps']}", (s["mean_intermediate_loss"], s["exit_loss"][L]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
-        ax.axhline(run["untrained"]["exit_loss"][L], color="gray", ls=":", lw=1)
+        ax.axhline(run["untrained"]["exit_loss"][L], color="gray", ls=":", lw=1,
+                   label="untrained full model" if j == 0 else None)
     ax.set_xlabel("mean held-out loss of the intermediate exits (nats)")
     ax.set_ylabel("held-out loss of the full model (nats)")
-    ax.set_title("SoFT schemes: full model vs exits (lower-left is better; dotted: untrained full model)")
+    ax.set_title("SoFT schemes: full model vs exits (lower-left is better)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

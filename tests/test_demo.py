@@ -88,15 +88,16 @@ def test_full_demo_every_step_holds(smollm2, tmp_path):
     assert steps["prune"]["figures"]["layers"] == 24
     heal = steps["heal"]["figures"]
     assert heal["healed"] < heal["pruned"] and heal["unpruned"] < heal["pruned"]
-    # SoFT on the real model (the slow soft test's bounds, on the demo's run): every intermediate exit's
-    # held-out loss ends far below its start (exit 10 starts near 20 nats), the already-trained full
-    # model stays within 10%
+    # SoFT on the real model with the default scheme (the full exit anchored at 0.95, the others distilled):
+    # every intermediate exit's held-out loss ends far below its start (exit 10 starts near 20 nats; measured
+    # 0.63x and 0.50x after the demo's 20 steps), and the full model does not get worse (measured 3.37 ->
+    # 3.24; the paper's uniform mean took it to 3.53)
     soft = steps["soft"]["figures"]
     for k, before in soft["before"].items():
         if int(k) < 30:
-            assert soft["after"][k] < 0.6 * before, (k, before, soft["after"][k])
+            assert soft["after"][k] < 0.7 * before, (k, before, soft["after"][k])
         else:
-            assert soft["after"][k] < 1.10 * before, (before, soft["after"][k])
+            assert soft["after"][k] <= before, (before, soft["after"][k])
     assert steps["manifest"]["figures"]["valid"] and len(steps["manifest"]["figures"]["exits"]) == 3
     assert steps["budget"]["figures"]["layers"] == 20 and steps["budget"]["figures"]["text"].strip()
     spec = steps["speculative"]["figures"]

@@ -25,7 +25,15 @@ from ..exits import exit_name, parse_depths
 from ..manifest.build import quality_record_fields, quality_records
 from ..options import DeviceOptions, OutputOptions, RecipeOptions, opt
 from ..progress import Progress
-from ..soft.losses import EXIT_LOSSES, HEAD_GRADS, LOSS_MODES, WEIGHT_SCHEMES, scheme_weights
+from ..soft.losses import (
+    DEFAULT_EXIT_LOSS,
+    DEFAULT_EXIT_WEIGHTS,
+    EXIT_LOSSES,
+    HEAD_GRADS,
+    LOSS_MODES,
+    WEIGHT_SCHEMES,
+    scheme_weights,
+)
 from .recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -42,13 +50,16 @@ class SoftOptions(RecipeOptions, OutputOptions, DeviceOptions):
     ffn_exits: str | None = opt(None, "Also train nested FFN widths: comma-separated fractions of intermediate_size "
                                       "(or counts), e.g. 0.25,0.5,0.75,1.0; the full width is always included. Each "
                                       "micro-batch samples one width (SortedNet Alg. 2). Run sort-width first.")
-    exit_weights: str | None = opt(None, "Per-exit weights: uniform (the paper's eq. 1 mean), depth (LayerSkip's "
-                                         "scale, growing with depth), anchor[:S] (the deepest exit a share S, default "
-                                         "0.5, the rest split equally), or comma-separated numbers (sum: weighted mean; "
-                                         "stochastic: sampling weights). Default: uniform.")
-    exit_loss: str = opt("ce", "ce: every exit learns the labels (the paper's); kd: exits below the deepest learn the "
-                               "deepest exit's detached distribution (self-distillation, KL), the deepest the labels.",
-                         choices=EXIT_LOSSES)
+    exit_weights: str = opt(DEFAULT_EXIT_WEIGHTS,
+                            "Per-exit weights: anchor[:S] (the deepest exit a share S, default 0.5, the rest split "
+                            "equally), uniform (the paper's eq. 1 mean), depth (LayerSkip's scale, growing with depth), "
+                            "or comma-separated numbers (sum: weighted mean; stochastic: sampling weights). The default "
+                            "with the default --exit-loss keeps the full model within 0.05 nats of plain SFT at equal "
+                            "steps (README: SoFT frontier); the paper's: --exit-weights uniform --exit-loss ce.")
+    exit_loss: str | None = opt(None, "kd: exits below the deepest learn the deepest exit's detached distribution "
+                                      "(self-distillation, KL), the deepest the labels; ce: every exit learns the "
+                                      "labels (the paper's). Default: kd with two or more exits, else ce.",
+                                choices=EXIT_LOSSES)
     curriculum: int = opt(0, "Bring the exits in gradually over this many steps, deepest first (LayerSkip's "
                              "gradual curriculum); 0: every exit from the start.", metavar="STEPS")
     head_grad: str = opt("all", "Which exits' losses train the shared final norm and LM head: all (the paper's) or "
@@ -136,6 +147,7 @@ class SoftRecipe(Recipe):
             raise UsageError(f"--exit-weights has {len(weights)} values for {len(self.depths)} exits",
                              f"give one weight per exit ({', '.join(map(str, self.depths))})")
         self.exit_weights = scheme_weights(weights, self.depths, ckpt.num_layers)  # normalized, one per exit
+        self.exit_loss = opts.exit_loss or (DEFAULT_EXIT_LOSS if len(self.depths) > 1 else "ce")
         if opts.exit_loss == "kd" and len(self.depths) < 2:
             raise UsageError("--exit-loss kd needs at least two exits (the deepest is the teacher)",
                              "add shallower exits, e.g. --exits 10,20,30, or drop --exit-loss")
@@ -166,7 +178,7 @@ class SoftRecipe(Recipe):
 
         opts = self.opts
         loss_fn = SortedLoss(self.depths, opts.loss, self.exit_weights, opts.seed, opts.chunk_tokens,
-                             exit_loss=opts.exit_loss, curriculum=opts.curriculum, num_layers=self.num_layers,
+                             exit_loss=self.exit_loss, curriculum=opts.curriculum, num_layers=self.num_layers,
                              head_grad=opts.head_grad)
         if len(self.widths) > 1:
             loss_fn = SortedWidthLoss(loss_fn, self.widths, self.family, opts.seed)
@@ -193,9 +205,9 @@ class SoftRecipe(Recipe):
             "exits": list(self.depths),
             "ffn_exits": list(self.widths) or None,
             "soft": {
-                "loss": opts.loss, "exit_loss": opts.exit_loss, "curriculum": opts.curriculum,
+                "loss": opts.loss, "exit_loss": self.exit_loss, "curriculum": opts.curriculum,
                 "head_grad": opts.head_grad, "shared_lr_scale": opts.shared_lr_scale,
-                "exit_weights": {"scheme": opts.exit_weights or "uniform", "normalized": [round(w, 6) for w in self.exit_weights]},
+                "exit_weights": {"scheme": opts.exit_weights, "normalized": [round(w, 6) for w in self.exit_weights]},
                 "data": run.data, "steps": run.train.steps, "train_tokens": run.train.tokens,
                 "seconds": round(run.train.seconds, 2), "final_train_loss": run.train.losses[-1],
                 "processes": run.processes,

@@ -38,6 +38,11 @@ LOSS_MODES = ("sum", "stochastic")
 EXIT_LOSSES = ("ce", "kd")
 HEAD_GRADS = ("all", "deepest")
 WEIGHT_SCHEMES = ("uniform", "depth", "anchor")
+# ``surgeon soft``'s defaults, chosen on the measured frontier (benchmarks/soft_frontier.py, README): the
+# full exit keeps 95% of the weight and the other exits distil it. The library's SortedLoss keeps the
+# paper's eq. 1 (uniform, cross-entropy) as its own default.
+DEFAULT_EXIT_WEIGHTS = "anchor:0.95"
+DEFAULT_EXIT_LOSS = "kd"
 
 
 def scheme_weights(spec: str | Sequence[float] | None, exits: Sequence[int], num_layers: int) -> tuple[float, ...]:
