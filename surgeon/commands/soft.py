@@ -58,7 +58,8 @@ class SoftOptions(RecipeOptions, OutputOptions, DeviceOptions):
                             "steps (README: SoFT frontier); the paper's: --exit-weights uniform --exit-loss ce.")
     exit_loss: str | None = opt(None, "kd: exits below the deepest learn the deepest exit's detached distribution "
                                       "(self-distillation, KL), the deepest the labels; ce: every exit learns the "
-                                      "labels (the paper's). Default: kd with two or more exits, else ce.",
+                                      "labels (the paper's). Default: kd with two or more exits (ce with one, or "
+                                      "with --fsdp).",
                                 choices=EXIT_LOSSES)
     curriculum: int = opt(0, "Bring the exits in gradually over this many steps, deepest first (LayerSkip's "
                              "gradual curriculum); 0: every exit from the start.", metavar="STEPS")
@@ -75,6 +76,9 @@ class SoftOptions(RecipeOptions, OutputOptions, DeviceOptions):
             raise UsageError("--data is required", "give a data spec, e.g. --data alpaca, --data builtin:sotu or a .jsonl file")
         if self.curriculum < 0:
             raise UsageError(f"--curriculum must be >= 0 (got {self.curriculum})", "0 trains every exit from the start")
+        if self.exit_loss == "kd" and self.fsdp:
+            raise UsageError("--exit-loss kd calls the sharded head twice inside one checkpointed chunk, which crashes "
+                             "FSDP2's backward here", "drop --exit-loss kd under --fsdp (the default there is ce)")
         if self.head_grad == "deepest" and self.fsdp:
             raise UsageError("--head-grad deepest reads the head through detached parameters, which FSDP2's sharded "
                              "head does not support yet", "drop --head-grad deepest (or --fsdp), or use --shared-lr-scale")
@@ -147,7 +151,8 @@ class SoftRecipe(Recipe):
             raise UsageError(f"--exit-weights has {len(weights)} values for {len(self.depths)} exits",
                              f"give one weight per exit ({', '.join(map(str, self.depths))})")
         self.exit_weights = scheme_weights(weights, self.depths, ckpt.num_layers)  # normalized, one per exit
-        self.exit_loss = opts.exit_loss or (DEFAULT_EXIT_LOSS if len(self.depths) > 1 else "ce")
+        # kd needs two exits; under --fsdp it is not available (see __post_init__), so the default there is ce
+        self.exit_loss = opts.exit_loss or (DEFAULT_EXIT_LOSS if len(self.depths) > 1 and not opts.fsdp else "ce")
         if opts.exit_loss == "kd" and len(self.depths) < 2:
             raise UsageError("--exit-loss kd needs at least two exits (the deepest is the teacher)",
                              "add shallower exits, e.g. --exits 10,20,30, or drop --exit-loss")
