@@ -68,8 +68,6 @@ def test_fsdp_without_a_launcher_is_a_one_line_error(tiny_models, text, tmp_path
 @pytest.mark.parametrize("cmd, extra, message", [
     ("heal", [], "NF4"),
     ("heal", ["--quant", "none", "--distill", "logits"], "teacher"),
-    ("soft", ["--method", "full", "--quant", "none", "--head-grad", "deepest"], "--head-grad deepest"),
-    ("soft", ["--method", "full", "--quant", "none", "--exit-loss", "kd"], "--exit-loss kd"),
 ])
 def test_fsdp_refuses_what_it_cannot_shard(tiny_models, text, tmp_path, monkeypatch, cmd, extra, message):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as if launched: the options are checked before anything starts
@@ -79,10 +77,10 @@ def test_fsdp_refuses_what_it_cannot_shard(tiny_models, text, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("family, extra, sharded_extra", [
-    ("llama", [], []),
-    ("llama", ["--shared-lr-scale", "0.5"], []),  # the shared norm and head in a second AdamW group
+    ("llama", [], []),  # the default scheme: anchor:0.95, the exits distil the deepest (kd)
+    ("llama", ["--exit-loss", "ce", "--shared-lr-scale", "0.5"], []),  # the shared norm and head: a second AdamW group
     ("gemma3_text", ["--gradient-checkpointing"], []),
-    ("gemma3_text", [], ["--fsdp-offload", "--save-every", "2"]),
+    ("gemma3_text", ["--exit-loss", "ce"], ["--fsdp-offload", "--save-every", "2"]),
 ])
 def test_fsdp_full_soft_equals_one_process(tiny_models, text, tmp_path, family, extra, sharded_extra):
     """Full-weight SoFT (exits 2,4,6, the multi-exit loss read through the shared head) sharded over
@@ -90,8 +88,7 @@ def test_fsdp_full_soft_equals_one_process(tiny_models, text, tmp_path, family, 
     and runs with activation checkpointing, or with --fsdp-offload (shards, gradients and AdamW state
     in CPU memory, the optimizer step on the CPU) and a sharded checkpoint written."""
     src = tiny_models[family]
-    # --exit-loss ce: the default under --fsdp (kd is refused there), given to the one-process run too
-    args = ["--data", text, "--method", "full", "--exits", "2,4,6", "--exit-loss", "ce", *TRAIN, *extra]
+    args = ["--data", text, "--method", "full", "--exits", "2,4,6", *TRAIN, *extra]
     torchrun("-m", "surgeon", "soft", src, "-o", tmp_path / "fsdp", *args, "--fsdp", *sharded_extra, "--json")
     assert run_cli("soft", src, "-o", tmp_path / "one", *args, "--grad-accum", "2").exit_code == 0
     a, b = weights(tmp_path / "one"), weights(tmp_path / "fsdp")

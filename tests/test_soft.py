@@ -163,53 +163,6 @@ def test_distillation_loss_equals_naive_kl_and_gradients(tiny_models, family, wr
     _assert_close_grads(_grads(model), g_ref)
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2"])  # gemma2: soft-capping, tied head (= the embedding)
-@pytest.mark.parametrize("wrapped", [False, True])
-@pytest.mark.parametrize("exit_loss", ["ce", "kd"])
-def test_head_grad_deepest_trains_the_head_on_the_deepest_exit_only(tiny_models, family, wrapped, exit_loss):
-    """head_grad="deepest": the final norm's and the head's gradients are those of the deepest exit's term
-    alone (every other term reads them detached); every other parameter's gradient is unchanged, and so
-    is the loss."""
-
-    from surgeon.eval.capture import exit_modules
-    from surgeon.soft.losses import SortedLoss
-
-    model = load_model(tiny_models[family])
-    if wrapped:
-        _wrap_head(model)
-    mods = exit_modules(model)
-    shared = {id(p) for m in (mods.norm, mods.head) for p in m.parameters()}
-    names = {n for n, p in model.named_parameters() if id(p) in shared}
-    batch = _batch(2)
-    exits, weights = [2, 4, 6], [1.0, 2.0, 3.0]
-
-    def grads(**kw):
-        model.zero_grad()
-        loss, metrics = SortedLoss(exits, "sum", weights, chunk_tokens=7, exit_loss=exit_loss, **kw)(model, batch)
-        loss.backward()
-        return loss, metrics, _grads(model)
-
-    loss_all, m_all, g_all = grads()
-    loss_d, m_d, g_d = grads(head_grad="deepest")
-    assert float(loss_d.detach()) == pytest.approx(float(loss_all.detach()), rel=1e-6) and m_d == pytest.approx(m_all, rel=1e-6)
-    # only the deepest exit's term: its cross-entropy at weight 3/6, from a loss over that exit alone
-    model.zero_grad()
-    deep, _ = SortedLoss([6], "sum", chunk_tokens=7)(model, batch)
-    (deep * 0.5).backward()
-    g_deep = _grads(model)
-    tied = family == "gemma2"  # the tied head is the embedding, which also learns from the input side
-    for n in g_all:
-        if n in names and not tied:
-            _assert_close_grads({n: g_d[n]}, {n: g_deep[n]})
-            assert (g_d[n] - g_all[n]).abs().max() > 1e-6 * g_all[n].abs().max(), n  # the exits did reach it
-        elif n not in names:
-            _assert_close_grads({n: g_d[n]}, {n: g_all[n]})
-    if tied:  # the norm still follows the deepest exit alone
-        norm_names = {n for n, p in model.named_parameters() if any(p is q for q in mods.norm.parameters())}
-        for n in norm_names:
-            _assert_close_grads({n: g_d[n]}, {n: g_deep[n]})
-
-
 def test_shared_lr_scale_puts_the_norm_and_head_in_their_own_adamw_group(tiny_models, text_data, tmp_path):
     """--shared-lr-scale: one AdamW group for the final norm and head at F x the scheduled LR; with F = 1
     the run is the unscaled one exactly; after training, the shared weights moved less at F < 1."""
@@ -240,7 +193,7 @@ def test_shared_lr_scale_puts_the_norm_and_head_in_their_own_adamw_group(tiny_mo
     n = "model.layers.0.mlp.up_proj.weight"
     assert moved(slow, n) > 0.2 * moved(one, n)
     prov = json.loads((tmp_path / "slow" / "surgeon_provenance.json").read_text())["operations"][-1]["soft"]
-    assert prov["shared_lr_scale"] == 0.01 and prov["head_grad"] == "all"
+    assert prov["shared_lr_scale"] == 0.01
 
 
 def test_exit_weight_schemes_and_curriculum():
@@ -494,7 +447,6 @@ def test_soft_cli_rejects_bad_input_before_training(tiny_models, text_data, tmp_
         (["--exits", "6", "--exit-loss", "kd"], "needs at least two exits"),
         (["--curriculum", "-1"], "--curriculum must be >= 0"),
         (["--shared-lr-scale", "0"], "--shared-lr-scale must be positive"),
-        (["--head-grad", "some"], "Invalid value for '--head-grad'"),
         (["--method", "full", "--quant", "nf4"], "cannot train 4-bit"),
     ]
     for args, words in cases:

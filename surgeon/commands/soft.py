@@ -29,7 +29,6 @@ from ..soft.losses import (
     DEFAULT_EXIT_LOSS,
     DEFAULT_EXIT_WEIGHTS,
     EXIT_LOSSES,
-    HEAD_GRADS,
     LOSS_MODES,
     WEIGHT_SCHEMES,
     scheme_weights,
@@ -58,14 +57,10 @@ class SoftOptions(RecipeOptions, OutputOptions, DeviceOptions):
                             "steps (README: SoFT frontier); the paper's: --exit-weights uniform --exit-loss ce.")
     exit_loss: str | None = opt(None, "kd: exits below the deepest learn the deepest exit's detached distribution "
                                       "(self-distillation, KL), the deepest the labels; ce: every exit learns the "
-                                      "labels (the paper's). Default: kd with two or more exits (ce with one, or "
-                                      "with --fsdp).",
+                                      "labels (the paper's). Default: kd with two or more exits, ce with one.",
                                 choices=EXIT_LOSSES)
     curriculum: int = opt(0, "Bring the exits in gradually over this many steps, deepest first (LayerSkip's "
                              "gradual curriculum); 0: every exit from the start.", metavar="STEPS")
-    head_grad: str = opt("all", "Which exits' losses train the shared final norm and LM head: all (the paper's) or "
-                                "deepest (the exits read them detached and adapt their own layers to the full "
-                                "model's head).", choices=HEAD_GRADS)
     shared_lr_scale: float = opt(1.0, "Learning-rate factor of the shared final norm and LM head (and the tied "
                                       "embedding) against the other trained weights; 1: the same LR.", metavar="F")
     chunk_tokens: int | None = opt(None, "Tokens per chunk of full-vocabulary logits (default: 64 MiB of fp32 logits).")
@@ -76,15 +71,9 @@ class SoftOptions(RecipeOptions, OutputOptions, DeviceOptions):
             raise UsageError("--data is required", "give a data spec, e.g. --data alpaca, --data builtin:sotu or a .jsonl file")
         if self.curriculum < 0:
             raise UsageError(f"--curriculum must be >= 0 (got {self.curriculum})", "0 trains every exit from the start")
-        if self.exit_loss == "kd" and self.fsdp:
-            raise UsageError("--exit-loss kd calls the sharded head twice inside one checkpointed chunk, which crashes "
-                             "FSDP2's backward here", "drop --exit-loss kd under --fsdp (the default there is ce)")
-        if self.head_grad == "deepest" and self.fsdp:
-            raise UsageError("--head-grad deepest reads the head through detached parameters, which FSDP2's sharded "
-                             "head does not support yet", "drop --head-grad deepest (or --fsdp), or use --shared-lr-scale")
         if not self.shared_lr_scale > 0:
             raise UsageError(f"--shared-lr-scale must be positive (got {self.shared_lr_scale})",
-                             "e.g. --shared-lr-scale 0.1; --head-grad deepest keeps the exits' losses off the head")
+                             "e.g. --shared-lr-scale 0.1, or 1 (the default) for one learning rate")
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise UsageError(f"--chunk-tokens must be positive (got {self.chunk_tokens})", "omit it for the default")
         self.weights()
@@ -151,8 +140,7 @@ class SoftRecipe(Recipe):
             raise UsageError(f"--exit-weights has {len(weights)} values for {len(self.depths)} exits",
                              f"give one weight per exit ({', '.join(map(str, self.depths))})")
         self.exit_weights = scheme_weights(weights, self.depths, ckpt.num_layers)  # normalized, one per exit
-        # kd needs two exits; under --fsdp it is not available (see __post_init__), so the default there is ce
-        self.exit_loss = opts.exit_loss or (DEFAULT_EXIT_LOSS if len(self.depths) > 1 and not opts.fsdp else "ce")
+        self.exit_loss = opts.exit_loss or (DEFAULT_EXIT_LOSS if len(self.depths) > 1 else "ce")  # kd needs 2 exits
         if opts.exit_loss == "kd" and len(self.depths) < 2:
             raise UsageError("--exit-loss kd needs at least two exits (the deepest is the teacher)",
                              "add shallower exits, e.g. --exits 10,20,30, or drop --exit-loss")
@@ -183,8 +171,7 @@ class SoftRecipe(Recipe):
 
         opts = self.opts
         loss_fn = SortedLoss(self.depths, opts.loss, self.exit_weights, opts.seed, opts.chunk_tokens,
-                             exit_loss=self.exit_loss, curriculum=opts.curriculum, num_layers=self.num_layers,
-                             head_grad=opts.head_grad)
+                             exit_loss=self.exit_loss, curriculum=opts.curriculum, num_layers=self.num_layers)
         if len(self.widths) > 1:
             loss_fn = SortedWidthLoss(loss_fn, self.widths, self.family, opts.seed)
         return loss_fn
@@ -211,7 +198,7 @@ class SoftRecipe(Recipe):
             "ffn_exits": list(self.widths) or None,
             "soft": {
                 "loss": opts.loss, "exit_loss": self.exit_loss, "curriculum": opts.curriculum,
-                "head_grad": opts.head_grad, "shared_lr_scale": opts.shared_lr_scale,
+                "shared_lr_scale": opts.shared_lr_scale,
                 "exit_weights": {"scheme": opts.exit_weights, "normalized": [round(w, 6) for w in self.exit_weights]},
                 "data": run.data, "steps": run.train.steps, "train_tokens": run.train.tokens,
                 "seconds": round(run.train.seconds, 2), "final_train_loss": run.train.losses[-1],

@@ -13,10 +13,6 @@ the backward pass:
 - Otherwise (a peft- or bitsandbytes-wrapped head) each chunk runs under
   ``torch.utils.checkpoint``: its logits are recomputed, one chunk at a time, in the backward pass.
 
-``head_grad="deepest"``: only the deepest exit's loss trains the shared final norm and LM head; the
-other exits read them through detached copies (their gradient still reaches their own layers), so
-the exits learn to speak the full model's head instead of pulling it toward themselves.
-
 ``mode="sum"``: loss = sum_n w_n L_n / sum_n w_n (uniform weights: eq. 1's mean over exits).
 ``mode="stochastic"``: one exit per call, drawn by a seeded ``random.Random`` from the weights
 (uniform by default); the forward pass stops after that exit. With gradient accumulation this is
@@ -36,7 +32,6 @@ log = logging.getLogger(__name__)
 
 LOSS_MODES = ("sum", "stochastic")
 EXIT_LOSSES = ("ce", "kd")
-HEAD_GRADS = ("all", "deepest")
 WEIGHT_SCHEMES = ("uniform", "depth", "anchor")
 # ``surgeon soft``'s defaults, chosen on the measured frontier (benchmarks/soft_frontier.py, README): the
 # full exit keeps 95% of the weight and the other exits distil it. The library's SortedLoss keeps the
@@ -158,13 +153,12 @@ def _make_linear_ce():
         loss_k is CE_sum(head(h_k), targets), or with ``kd[k]`` the summed KL(p_teacher || p_k) toward
         the detached distribution of the last exit (``hs[-1]``, the teacher).
         Inputs: weight, bias (or None), targets (N,), coefs (list of floats), softcap, chunk,
-        grad_on (grad mode of the caller), kd (a bool per exit), trains_head (a bool per exit: whether its
-        loss reaches the weight and bias), *hs (each (N, D), already normed).
+        grad_on (grad mode of the caller), kd (a bool per exit), *hs (each (N, D), already normed).
         Returns (weighted loss scalar, per-exit mean loss vector).
         """
 
         @staticmethod
-        def forward(ctx, weight, bias, targets, coefs, softcap, chunk, grad_on, kd, trains_head, *hs):
+        def forward(ctx, weight, bias, targets, coefs, softcap, chunk, grad_on, kd, *hs):
             n_rows = targets.shape[0]
             need_h = [grad_on and h.requires_grad for h in hs]
             need_w = grad_on and weight.requires_grad
@@ -177,8 +171,7 @@ def _make_linear_ce():
                 e = min(s + chunk, n_rows)
                 teacher = _chunk_teacher(hs[-1][s:e], weight, bias, softcap) if any(kd) else None
                 for k, h in enumerate(hs):
-                    to_head = trains_head[k] and (need_w or need_b)
-                    want = need_h[k] or to_head
+                    want = need_h[k] or need_w or need_b
                     if kd[k]:
                         loss, g = _chunk_kd_and_grad(h[s:e], weight, bias, teacher, softcap, want)
                     else:
@@ -190,12 +183,12 @@ def _make_linear_ce():
                     gc = g.to(h.dtype)
                     if ghs[k] is not None:
                         torch.mm(gc, weight.to(h.dtype), out=ghs[k][s:e])
-                    if gw is not None and to_head:
+                    if gw is not None:
                         if h.dtype == torch.float32:
                             gw.addmm_(gc.t(), h[s:e])  # in place: no (vocab x hidden) temporary
                         else:
                             gw += (gc.t() @ h[s:e]).float()
-                    if gb is not None and to_head:
+                    if gb is not None:
                         gb += g.sum(0)
                     del g, gc
                 del teacher
@@ -217,7 +210,7 @@ def _make_linear_ce():
             gw = (ctx.gw * grad_total).to(ctx.wdtype) if ctx.gw is not None else None
             gb = (ctx.gb * grad_total).to(ctx.wdtype) if ctx.gb is not None else None
             ctx.gw = ctx.gb = None
-            return (gw, gb, None, None, None, None, None, None, None, *ghs)
+            return (gw, gb, None, None, None, None, None, None, *ghs)
 
     return _LinearCE
 
@@ -232,23 +225,12 @@ def _linear_ce():
     return _LINEAR_CE
 
 
-def _frozen_call(module):
-    """``module`` as a function of its input only: its parameters detached (no gradient reaches them)."""
-    from torch.func import functional_call
-
-    params = {k: v.detach() for k, v in module.named_parameters()}
-    return lambda x: functional_call(module, params, (x,))
-
-
-def _checkpointed_ce(mods: ExitModules, normed, targets, chunk: int, head=None):
-    """Summed CE of one exit through a generic head (``head``: mods.head by default), one checkpointed
-    chunk at a time."""
+def _checkpointed_ce(mods: ExitModules, normed, targets, chunk: int):
+    """Summed CE of one exit through a generic head, one checkpointed chunk at a time."""
     import torch
 
-    head = head or mods.head
-
     def chunk_loss(h, t):
-        z = mods.cap(head(h)).float()
+        z = mods.cap(mods.head(h)).float()
         return torch.nn.functional.cross_entropy(z, t, reduction="sum")
 
     return _sum_checkpointed_chunks(chunk_loss, normed, targets, chunk)
@@ -270,41 +252,37 @@ def _sum_checkpointed_chunks(fn, rows, other, chunk: int):
     return total
 
 
-def _checkpointed_kd(mods: ExitModules, normed, teacher_normed, chunk: int, head=None):
+def _checkpointed_kd(mods: ExitModules, normed, teacher_normed, chunk: int):
     """Summed KL(p_teacher || p_exit) of one exit through a generic head, one checkpointed chunk at a
-    time; the teacher's rows are detached (no gradient reaches the teacher through this term)."""
+    time; the teacher's rows are detached (no gradient reaches the teacher through this term).
+
+    The exit's and the teacher's rows of a chunk go through the head in one call (half a chunk of each):
+    a sharded (FSDP2) head is then gathered once per chunk, as for the cross-entropy."""
     import torch
 
-    head = head or mods.head
+    half = max(1, chunk // 2)
 
     def chunk_kl(h, ht):
-        with torch.no_grad():
-            logp_t = mods.cap(mods.head(ht)).float().log_softmax(dim=-1)
-        logp = mods.cap(head(h)).float().log_softmax(dim=-1)
+        z = mods.cap(mods.head(torch.cat([h, ht]))).float()
+        logp, logp_t = z[: h.shape[0]].log_softmax(dim=-1), z[h.shape[0]:].detach().log_softmax(dim=-1)
         return torch.nn.functional.kl_div(logp, logp_t, reduction="sum", log_target=True)
 
-    return _sum_checkpointed_chunks(chunk_kl, normed, teacher_normed.detach(), chunk)
+    return _sum_checkpointed_chunks(chunk_kl, normed, teacher_normed.detach(), half)
 
 
 def exits_ce(mods: ExitModules, hidden: dict, labels, exits: Sequence[int], coefs: Sequence[float],
-             chunk_tokens: int | None = None, kd: Sequence[bool] | None = None, head_grad: str = "all"):
+             chunk_tokens: int | None = None, kd: Sequence[bool] | None = None):
     """``(sum_k coef_k * mean loss of exit k, per-exit mean loss (detached), supervised tokens)``.
 
     The loss of exit k is its cross-entropy on the labels, or with ``kd[k]`` its KL divergence
     KL(p_teacher || p_k) from the detached distribution of the deepest exit (the teacher, which keeps
-    its cross-entropy), both over the supervised tokens. ``head_grad="deepest"``: only the last exit's
-    loss reaches the final norm's and the head's parameters (the others read them detached); ``"none"``: no
-    exit's does.
+    its cross-entropy), both over the supervised tokens.
     ``hidden[n]`` is the (B, T, D) residual stream after layer n-1; ``labels`` (B, T) uses -100
     for tokens without loss; position t predicts label t+1.
     """
     import torch
 
     kd = tuple(bool(x) for x in (kd or [False] * len(exits)))
-    if head_grad not in (*HEAD_GRADS, "none"):
-        raise ValueError(f"head_grad must be one of {HEAD_GRADS} or 'none', got {head_grad!r}")
-    trains_head = tuple(head_grad == "all" or (head_grad == "deepest" and k == len(exits) - 1)
-                        for k in range(len(exits)))
     if kd[-1]:
         raise ValueError("the deepest exit is the distillation teacher: it keeps the cross-entropy")
     targets_full = labels[:, 1:].reshape(-1)
@@ -317,21 +295,14 @@ def exits_ce(mods: ExitModules, hidden: dict, labels, exits: Sequence[int], coef
         return zero.float(), torch.zeros(len(exits)), 0
     vocab = getattr(mods.head, "out_features", None) or mods.head.weight.shape[0]
     chunk = int(chunk_tokens or default_chunk_tokens(vocab))
-    frozen_norm = _frozen_call(mods.norm) if not all(trains_head) else None
-    normed = []
-    for n, trains in zip(exits, trains_head):
-        h = hidden[n][:, :-1].reshape(-1, anyh.shape[-1]).index_select(0, keep)
-        normed.append(mods.norm(h) if trains else frozen_norm(h))
+    normed = [mods.norm(hidden[n][:, :-1].reshape(-1, anyh.shape[-1]).index_select(0, keep)) for n in exits]
     head = mods.head
     if type(head) is torch.nn.Linear:
         total, per_exit = _linear_ce().apply(head.weight, head.bias, targets, [c / count for c in coefs],
-                                             mods.softcap, chunk, torch.is_grad_enabled(), kd, trains_head,
-                                             *normed)
+                                             mods.softcap, chunk, torch.is_grad_enabled(), kd, *normed)
         return total, per_exit.detach().cpu(), count
-    frozen_head = _frozen_call(head) if not all(trains_head) else None
-    sums = [(_checkpointed_kd if d else _checkpointed_ce)(mods, h, normed[-1] if d else targets, chunk,
-                                                          None if trains else frozen_head)
-            for h, d, trains in zip(normed, kd, trains_head)]
+    sums = [_checkpointed_kd(mods, h, normed[-1], chunk) if d else _checkpointed_ce(mods, h, targets, chunk)
+            for h, d in zip(normed, kd)]
     total = sum(c * s for c, s in zip(coefs, sums)) / count
     per_exit = torch.stack([s.detach().float() for s in sums]).cpu() / count
     return total, per_exit, count
@@ -345,9 +316,7 @@ class SortedLoss:
     paper's); ``exit_loss``: ``"ce"`` (every exit on the labels, the paper's) or ``"kd"`` (exits below
     the deepest distil the deepest exit's detached distribution, KL; the deepest keeps the labels);
     ``curriculum``: steps over which the exits enter, deepest first (:func:`curriculum_exits`; 0: all
-    from the start); ``head_grad``: ``"all"`` (every exit's loss trains the shared final norm and head,
-    the paper's) or ``"deepest"`` (only the deepest exit's; module doc); ``seed``: the sampler's seed;
-    ``num_layers``: L, for the ``depth`` scheme.
+    from the start); ``seed``: the sampler's seed; ``num_layers``: L, for the ``depth`` scheme.
     Metrics: ``loss@n`` (cross-entropy) or ``kl@n`` (distillation) per exit (sum), or ``sampled_exit``
     (stochastic). In stochastic mode the exit is drawn from ``(seed, batch["step"], batch["micro"])``,
     so resuming repeats the draws.
@@ -355,7 +324,7 @@ class SortedLoss:
 
     def __init__(self, exits: Sequence[int], mode: str = "sum", weights: Sequence[float] | str | None = None,
                  seed: int = 0, chunk_tokens: int | None = None, exit_loss: str = "ce", curriculum: int = 0,
-                 num_layers: int | None = None, head_grad: str = "all"):
+                 num_layers: int | None = None):
         if mode not in LOSS_MODES:
             raise ValueError(f"mode must be one of {LOSS_MODES}, got {mode!r}")
         if exit_loss not in EXIT_LOSSES:
@@ -364,9 +333,6 @@ class SortedLoss:
         self.mode = mode
         self.weights = scheme_weights(weights, self.exits, num_layers or max(self.exits))
         self.exit_loss = exit_loss
-        if head_grad not in HEAD_GRADS:
-            raise ValueError(f"head_grad must be one of {HEAD_GRADS}, got {head_grad!r}")
-        self.head_grad = head_grad
         self.curriculum = int(curriculum)
         self.chunk_tokens = chunk_tokens
         self.seed = seed
@@ -399,12 +365,7 @@ class SortedLoss:
         hidden = capture_exits(model, mods, captured, batch["input_ids"], batch.get("attention_mask"))
         if any(kd) and exits[-1] != deepest:  # a sampled shallow exit: the teacher rides along at weight 0
             exits, coefs, kd = [*exits, deepest], [*coefs, 0.0], [*kd, False]
-        if self.head_grad == "deepest" and exits[-1] != deepest:  # a sampled shallow exit: nothing trains the head
-            trains = "none"
-        else:
-            trains = self.head_grad
-        loss, per_exit, _ = exits_ce(mods, hidden, batch["labels"], exits, coefs, self.chunk_tokens, kd,
-                                     head_grad=trains)
+        loss, per_exit, _ = exits_ce(mods, hidden, batch["labels"], exits, coefs, self.chunk_tokens, kd)
         if self.mode == "stochastic":  # the loop averages metrics over micro-batches
             return loss, {"sampled_exit": float(exits[0])}
         return loss, {f"{'kl' if d else 'loss'}@{n}": float(v) for n, v, d in zip(exits, per_exit, kd)}
