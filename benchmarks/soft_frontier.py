@@ -67,6 +67,12 @@ SCHEMES = {
     "shared_lr": {**PAPER, "--shared-lr-scale": "0.1"},
     "anchor95_kd": {"--exit-weights": "anchor:0.95", "--exit-loss": "kd"},
 }
+# the table's and the figure's order: the measured-then-removed --head-grad schemes (module doc) before the default
+ORDER = [*list(SCHEMES)[:-1], "head_deepest", "anchor_kd_head", "anchor90_kd_head", list(SCHEMES)[-1]]
+
+
+def _ordered(schemes: dict) -> list[tuple[str, dict]]:
+    return sorted(schemes.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else len(ORDER))
 
 
 def alpaca_file() -> Path:
@@ -120,6 +126,55 @@ def _acceptance(model: Path, prompts: list[str], draft: int, max_new: int) -> di
             "identical_to_full_greedy": identical, "prompts": len(prompts), "max_new_tokens": max_new}
 
 
+def _task_accuracy(model: Path, exits: list[int], args) -> dict:
+    """``surgeon eval --tasks`` at ``exits``: {exit: {"mean", "mean_stderr", "tasks": {task: score record}}}."""
+    from surgeon.eval.curve import mean_accuracy, task_score
+
+    r = _surgeon("eval", model, "--tasks", args.tasks, "--task-data", args.task_data, "--limit", args.limit,
+                 "--exit", ",".join(map(str, exits)))
+    out = {}
+    for label, results in r["exits"].items():
+        tasks = {t: {k: v for k, v in task_score(m).items() if k in ("metric", "score", "score_stderr", "chance")}
+                 for t, m in results.items()}
+        mean, se = mean_accuracy(tasks)
+        out[str(r["layers"][label])] = {"mean": mean, "mean_stderr": se, "tasks": tasks}
+    return out
+
+
+def _measure(model: Path, data: Path, exits: list[int], prompts: list[str], args) -> dict:
+    """Every exit's held-out loss, acceptance at the draft exit and (with ``--tasks``) task accuracy."""
+    m = {"exit_loss": _exit_losses(model, data, exits, args.eval_samples, args.seq_len),
+         "speculative": _acceptance(model, prompts, args.draft_exit, args.max_new_tokens)}
+    if args.tasks:
+        task_exits = [int(x) for x in args.task_exits.split(",")] if args.task_exits else exits
+        m["task_accuracy"] = _task_accuracy(model, task_exits, args)
+    return m
+
+
+def _train(model: Path, data: Path, exits: list[int], name: str, extra: dict, dest: Path, args) -> dict:
+    """``surgeon soft`` for one scheme; its training figures. With ``--work`` the output and these figures are
+    kept (a rerun measures them again without training) and an interrupted run is resumed."""
+    record = dest.with_name(f"{dest.name}.train.json")
+    if args.work and record.is_file() and (dest / "config.json").is_file():
+        print(f"{name}: reusing {dest}", file=sys.stderr, flush=True)
+        return json.loads(record.read_text())
+    L = json.loads((Path(model) / "config.json").read_text())["num_hidden_layers"]
+    cmd = ["soft", model, "--data", data, "--exits", str(L) if name == "sft" else ",".join(map(str, exits)),
+           "--method", "full", "--steps", args.steps, "--batch-size", 4, "--seq-len", args.seq_len,
+           "--lr", args.lr, "--seed", 0, "--eval-samples", 0, "-o", dest, "--force",
+           *[x for kv in extra.items() for x in kv]]
+    if dest.with_name(f"{dest.name}.checkpoints").joinpath("latest").is_file():  # interrupted in --work: continue
+        cmd.append("--resume")
+    print(f"{name}: surgeon {' '.join(map(str, cmd))}", file=sys.stderr, flush=True)
+    t = time.perf_counter()
+    r = _surgeon(*cmd)["train"]
+    train = {"seconds_per_step": r["seconds_per_step"], "wall_s": round(time.perf_counter() - t, 1),
+             "resumed_from": r["resumed_from"], "final_train_loss": r["losses"][-1]}
+    if args.work:
+        record.write_text(json.dumps(train, indent=2) + "\n")
+    return train
+
+
 def run(args, save=lambda out: None) -> dict:
     from spec_decode import _prompt_texts
 
@@ -134,35 +189,20 @@ def run(args, save=lambda out: None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     out = {"model": str(model), "num_layers": L, "exits": exits, "steps": args.steps, "data": str(data),
            "batch_size": 4, "seq_len": args.seq_len, "lr": args.lr, "seed": 0, "eval_samples": args.eval_samples,
-           "schemes": {}}
+           "tasks": args.tasks, "task_limit": args.limit if args.tasks else None, "schemes": {}}
     try:
         print(f"untrained: evaluating {exits}", file=sys.stderr, flush=True)
-        out["untrained"] = {"exit_loss": _exit_losses(model, data, exits, args.eval_samples, args.seq_len),
-                            "speculative": _acceptance(model, prompts, args.draft_exit, args.max_new_tokens)}
+        out["untrained"] = _measure(model, data, exits, prompts, args)
         for name in args.schemes.split(","):
             extra = {k: (str(args.steps // 2) if v == "HALF" else v) for k, v in SCHEMES[name].items()}
             dest = work / name
-            cmd = ["soft", model, "--data", data, "--exits", str(L) if name == "sft" else ",".join(map(str, exits)),
-                   "--method", "full", "--steps", args.steps, "--batch-size", 4, "--seq-len", args.seq_len,
-                   "--lr", args.lr, "--seed", 0, "--eval-samples", 0, "-o", dest, "--force",
-                   *[x for kv in extra.items() for x in kv]]
-            if (work / f"{name}.checkpoints" / "latest").is_file():  # an interrupted run in --work: continue it
-                cmd.append("--resume")
-            print(f"{name}: surgeon {' '.join(map(str, cmd))}", file=sys.stderr, flush=True)
-            t = time.perf_counter()
-            r = _surgeon(*cmd)
-            wall = time.perf_counter() - t
-            losses = _exit_losses(dest, data, exits, args.eval_samples, args.seq_len)
-            spec = _acceptance(dest, prompts, args.draft_exit, args.max_new_tokens)
-            out["schemes"][name] = {
-                "options": extra, "exit_loss": losses, "speculative": spec,
-                "seconds_per_step": r["train"]["seconds_per_step"], "wall_s": round(wall, 1),
-                "resumed_from": r["train"]["resumed_from"],
-                "final_train_loss": r["train"]["losses"][-1],
-            }
-            print(f"{name}: {losses} acceptance@{args.draft_exit} {spec['acceptance_rate']:.3f}", file=sys.stderr,
-                  flush=True)
-            shutil.rmtree(dest, ignore_errors=True)
+            train = _train(model, data, exits, name, extra, dest, args)
+            m = _measure(dest, data, exits, prompts, args)
+            out["schemes"][name] = {"options": extra, **m, **train}
+            print(f"{name}: {m['exit_loss']} acceptance@{args.draft_exit} {m['speculative']['acceptance_rate']:.3f}",
+                  file=sys.stderr, flush=True)
+            if not args.work:
+                shutil.rmtree(dest, ignore_errors=True)
             save(out)  # after every scheme: an interrupted run keeps what finished
     finally:
         if not args.work:
@@ -192,7 +232,7 @@ def plot(results: dict, path: Path) -> None:
     markers = "osD^v<>p*"
     for j, (_key, run) in enumerate(sorted(results["runs"].items())):
         L = str(run["num_layers"])
-        for i, (name, s) in enumerate(run["schemes"].items()):
+        for i, (name, s) in enumerate(_ordered(run["schemes"])):
             ax.scatter(s["mean_intermediate_loss"], s["exit_loss"][L], marker=markers[j % len(markers)],
                        color=f"C{i}", label=f"{name}" if j == 0 else None, s=50)
             ax.annotate(f"{name}@{run['steps']}", (s["mean_intermediate_loss"], s["exit_loss"][L]), fontsize=7,
@@ -219,7 +259,11 @@ def table(results: dict) -> str:
                   "| scheme | " + " | ".join(f"exit {e}" for e in exits) + " | full - SFT | exits <= 2L/3 - SFT (worst) | "
                   f"acceptance @{run_['untrained']['speculative']['draft_exit']} | s/step |",
                   "|---" * (len(exits) + 5) + "|"]
-        rows = [("untrained", run_["untrained"])] + list(run_["schemes"].items())
+        rows = [("untrained", run_["untrained"])] + _ordered(run_["schemes"])
+        task_exits = sorted({e for _, s in rows for e in s.get("task_accuracy", {})}, key=int, reverse=True)
+        if task_exits:  # mean accuracy over the tasks, with its stderr
+            lines[-2] = lines[-2][:-len(" s/step |")] + "".join(f" acc @{e} |" for e in task_exits) + " s/step |"
+            lines[-1] += "---|" * len(task_exits)
         for name, s in rows:
             loss = " | ".join(f"{s['exit_loss'][e]:.2f}" for e in exits)
             full = f"{s['full_minus_sft']:+.3f}" if "full_minus_sft" in s else "-"
@@ -228,7 +272,9 @@ def table(results: dict) -> str:
             spec = s["speculative"]
             acc = f"{spec['acceptance_rate']:.3f}" + ("" if spec["identical_to_full_greedy"] else " (differs!)")
             step = f"{s['seconds_per_step']:.1f}" if "seconds_per_step" in s else "-"
-            lines.append(f"| {name} | {loss} | {full} | {worst} | {acc} | {step} |")
+            accs = "".join(f" {a['mean']:.3f} ± {a['mean_stderr']:.3f} |" if (a := s.get("task_accuracy", {}).get(e))
+                           and a["mean"] is not None else " - |" for e in task_exits)
+            lines.append(f"| {name} | {loss} | {full} | {worst} | {acc} |{accs} {step} |")
     return "\n".join(lines)
 
 
@@ -247,8 +293,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-samples", type=int, default=24)
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--table", action="store_true", help="print the README's markdown table and exit")
-    ap.add_argument("--work", type=Path, help="keep each scheme's training checkpoints here (default: a temporary "
-                    "folder): a rerun with the same --work and --steps resumes an interrupted scheme")
+    ap.add_argument("--work", type=Path, help="keep each scheme's output and training checkpoints here (default: a "
+                    "temporary folder, removed): a rerun with the same --work and --steps measures a finished scheme "
+                    "again without training and resumes an interrupted one")
+    ap.add_argument("--tasks", help="also score these lm-evaluation-harness tasks (e.g. arc_easy,piqa,hellaswag) "
+                    "at --task-exits with surgeon eval --tasks")
+    ap.add_argument("--task-exits", help="comma-separated exits scored on --tasks (default: every exit)")
+    ap.add_argument("--limit", type=int, default=100, help="examples per task")
+    ap.add_argument("--task-data", type=Path, help="the tasks' data folder (default: fetched and cached once)")
     ap.add_argument("--results", type=Path, help="results JSON (default: benchmarks/results/soft_frontier.json)")
     args = ap.parse_args(argv)
     if not (args.plot_only or args.table):
@@ -260,6 +312,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.table:
         print(table(results))
         return
+    if args.tasks and not args.task_data:
+        from surgeon.eval.task_data import ensure_task_data
+
+        args.task_data = ensure_task_data()
     if not args.plot_only:
         def save(run_: dict) -> None:
             key = f"{Path(run_['model']).name}@{args.steps}"
@@ -275,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         run(args, save)
         print(path)
     if results["runs"]:
-        plot(results, RESULTS / "soft_frontier.png")
+        plot(results, path.with_suffix(".png"))
 
 
 if __name__ == "__main__":

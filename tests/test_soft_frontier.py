@@ -1,0 +1,74 @@
+"""benchmarks/soft_frontier.py on the tiny fixture: every scheme trains, is measured (held-out loss per exit,
+self-speculative acceptance, task accuracy) and lands in the results JSON relative to SFT's; with ``--work`` a
+rerun measures the kept outputs again without training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # a dozen surgeon processes: about a minute on a quiet machine
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "soft_frontier.py"
+
+
+def _alpaca(path: Path, n: int = 910) -> Path:
+    from surgeon.testing import corpus
+
+    lines = corpus(400)
+    path.write_text(json.dumps([{"instruction": " ".join(lines[i % 400].split()[:3]), "input": "",
+                                 "output": " ".join(lines[(i + k) % 400] for k in range(1, 4))} for i in range(n)]))
+    return path
+
+
+def _task_data(root: Path) -> Path:
+    words = ["river", "stone", "light", "cloud", "seed", "metal", "sound", "ice"]
+    (root / "ai2_arc" / "ARC-Easy").mkdir(parents=True)
+    arc = [{"id": f"q{i}", "question": f"Which {words[i]} is the answer?", "answerKey": "ABCD"[i % 4],
+            "choices": {"text": words[i:i + 4], "label": ["A", "B", "C", "D"]}} for i in range(4)]
+    (root / "ai2_arc" / "ARC-Easy" / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in arc))
+    return root
+
+
+def _run(*args, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          timeout=900, cwd=cwd, env=env)
+
+
+def test_frontier_on_the_tiny_model(tiny_models, tmp_path):
+    data = _alpaca(tmp_path / "alpaca.json")
+    results, work = tmp_path / "frontier.json", tmp_path / "work"
+    common = ["--model", tiny_models["llama"], "--data", data, "--steps", "2", "--exits", "2,4,6", "--draft-exit",
+              "2", "--prompts", "2", "--max-new-tokens", "4", "--seq-len", "160", "--eval-samples", "4",
+              "--results", results, "--work", work, "--tasks", "arc_easy", "--task-exits", "4,6", "--limit", "3",
+              "--task-data", _task_data(tmp_path / "tasks")]
+    p = _run(*common, "--schemes", "sft,anchor95_kd", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-4000:]
+    run = json.loads(results.read_text())["runs"]["llama@2"]
+    assert set(run["schemes"]) == {"sft", "anchor95_kd"} and run["tasks"] == "arc_easy"
+    sft, soft = run["schemes"]["sft"], run["schemes"]["anchor95_kd"]
+    assert soft["options"] == {"--exit-weights": "anchor:0.95", "--exit-loss": "kd"}
+    assert set(soft["exit_loss"]) == {"2", "4", "6"} and soft["speculative"]["identical_to_full_greedy"]
+    assert soft["full_minus_sft"] == soft["exit_loss"]["6"] - sft["exit_loss"]["6"] and sft["full_minus_sft"] == 0
+    acc = soft["task_accuracy"]
+    assert set(acc) == {"4", "6"} and acc["6"]["tasks"]["arc_easy"]["chance"] == 0.25
+    assert 0 <= acc["6"]["mean"] <= 1 and set(run["untrained"]["task_accuracy"]) == {"4", "6"}
+    assert soft["seconds_per_step"] > 0 and (work / "anchor95_kd" / "config.json").is_file()
+    assert results.with_suffix(".png").is_file()  # the figure beside the results it plots
+
+    # a rerun with the same --work measures the kept outputs again without training: the same figures
+    trained = (work / "sft.train.json").read_text()
+    p = _run(*common, "--schemes", "sft", cwd=tmp_path)
+    assert p.returncode == 0 and "sft: reusing" in p.stderr, p.stderr[-4000:]
+    again = json.loads(results.read_text())["runs"]["llama@2"]
+    assert again["schemes"]["sft"]["exit_loss"] == sft["exit_loss"] and "anchor95_kd" in again["schemes"]
+    assert (work / "sft.train.json").read_text() == trained
+
+    table = _run("--results", results, "--table", cwd=tmp_path).stdout
+    assert "| anchor95_kd |" in table and "acc @6" in table
