@@ -141,13 +141,24 @@ def _task_accuracy(model: Path, exits: list[int], args) -> dict:
     return out
 
 
-def _measure(model: Path, data: Path, exits: list[int], prompts: list[str], args) -> dict:
-    """Every exit's held-out loss, acceptance at the draft exit and (with ``--tasks``) task accuracy."""
+def _measure(model: Path, data: Path, exits: list[int], prompts: list[str], args, cache: Path | None = None) -> dict:
+    """Every exit's held-out loss, acceptance at the draft exit and (with ``--tasks``) task accuracy. With a
+    ``cache`` file (under ``--work``) a measurement made with the same options is read back, not redone."""
+    how = {"exits": exits, "data": str(data), "eval_samples": args.eval_samples, "seq_len": args.seq_len,
+           "draft_exit": args.draft_exit, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
+           "tasks": args.tasks, "task_exits": args.task_exits, "limit": args.limit, "task_data": str(args.task_data)}
+    if cache is not None and cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("how") == how:
+            print(f"reusing {cache}", file=sys.stderr, flush=True)
+            return saved["measured"]
     m = {"exit_loss": _exit_losses(model, data, exits, args.eval_samples, args.seq_len),
          "speculative": _acceptance(model, prompts, args.draft_exit, args.max_new_tokens)}
     if args.tasks:
         task_exits = [int(x) for x in args.task_exits.split(",")] if args.task_exits else exits
         m["task_accuracy"] = _task_accuracy(model, task_exits, args)
+    if cache is not None:
+        cache.write_text(json.dumps({"how": how, "measured": m}, indent=2) + "\n")
     return m
 
 
@@ -162,6 +173,7 @@ def _train(model: Path, data: Path, exits: list[int], name: str, extra: dict, de
     cmd = ["soft", model, "--data", data, "--exits", str(L) if name == "sft" else ",".join(map(str, exits)),
            "--method", "full", "--steps", args.steps, "--batch-size", 4, "--seq-len", args.seq_len,
            "--lr", args.lr, "--seed", 0, "--eval-samples", 0, "-o", dest, "--force",
+           *(["--save-every", args.save_every] if args.save_every is not None else []),
            *[x for kv in extra.items() for x in kv]]
     if dest.with_name(f"{dest.name}.checkpoints").joinpath("latest").is_file():  # interrupted in --work: continue
         cmd.append("--resume")
@@ -192,12 +204,13 @@ def run(args, save=lambda out: None) -> dict:
            "tasks": args.tasks, "task_limit": args.limit if args.tasks else None, "schemes": {}}
     try:
         print(f"untrained: evaluating {exits}", file=sys.stderr, flush=True)
-        out["untrained"] = _measure(model, data, exits, prompts, args)
+        out["untrained"] = _measure(model, data, exits, prompts, args,
+                                    work / "untrained.measure.json" if args.work else None)
         for name in args.schemes.split(","):
             extra = {k: (str(args.steps // 2) if v == "HALF" else v) for k, v in SCHEMES[name].items()}
             dest = work / name
             train = _train(model, data, exits, name, extra, dest, args)
-            m = _measure(dest, data, exits, prompts, args)
+            m = _measure(dest, data, exits, prompts, args, work / f"{name}.measure.json" if args.work else None)
             out["schemes"][name] = {"options": extra, **m, **train}
             print(f"{name}: {m['exit_loss']} acceptance@{args.draft_exit} {m['speculative']['acceptance_rate']:.3f}",
                   file=sys.stderr, flush=True)
@@ -296,6 +309,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, help="keep each scheme's output and training checkpoints here (default: a "
                     "temporary folder, removed): a rerun with the same --work and --steps measures a finished scheme "
                     "again without training and resumes an interrupted one")
+    ap.add_argument("--save-every", type=int, help="soft's checkpoint interval (default: soft's, 100 steps); smaller "
+                    "loses less of a long scheme that is interrupted (with --work)")
     ap.add_argument("--tasks", help="also score these lm-evaluation-harness tasks (e.g. arc_easy,piqa,hellaswag) "
                     "at --task-exits with surgeon eval --tasks")
     ap.add_argument("--task-exits", help="comma-separated exits scored on --tasks (default: every exit)")

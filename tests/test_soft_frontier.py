@@ -1,6 +1,6 @@
 """benchmarks/soft_frontier.py on the tiny fixture: every scheme trains, is measured (held-out loss per exit,
 self-speculative acceptance, task accuracy) and lands in the results JSON relative to SFT's; with ``--work`` a
-rerun measures the kept outputs again without training."""
+rerun reuses the trained outputs, and their measurements when made with the same options."""
 
 from __future__ import annotations
 
@@ -62,13 +62,17 @@ def test_frontier_on_the_tiny_model(tiny_models, tmp_path):
     assert soft["seconds_per_step"] > 0 and (work / "anchor95_kd" / "config.json").is_file()
     assert results.with_suffix(".png").is_file()  # the figure beside the results it plots
 
-    # a rerun with the same --work measures the kept outputs again without training: the same figures
+    # a rerun with the same --work reuses the trained outputs; other measurement options measure them again
+    # (the same losses), the same options read the measurements back
     trained = (work / "sft.train.json").read_text()
-    p = _run(*common, "--schemes", "sft", cwd=tmp_path)
-    assert p.returncode == 0 and "sft: reusing" in p.stderr, p.stderr[-4000:]
+    p = _run(*common, "--schemes", "sft", "--prompts", "1", cwd=tmp_path)
+    assert p.returncode == 0 and "sft: reusing" in p.stderr and "measure.json" not in p.stderr, p.stderr[-4000:]
     again = json.loads(results.read_text())["runs"]["llama@2"]
     assert again["schemes"]["sft"]["exit_loss"] == sft["exit_loss"] and "anchor95_kd" in again["schemes"]
+    assert again["schemes"]["sft"]["speculative"]["prompts"] == 1 and again["untrained"]["speculative"]["prompts"] == 1
     assert (work / "sft.train.json").read_text() == trained
+    p = _run(*common, "--schemes", "sft", "--prompts", "1", cwd=tmp_path)
+    assert p.returncode == 0 and p.stderr.count("measure.json") == 2, p.stderr[-4000:]  # untrained and sft
 
     table = _run("--results", results, "--table", cwd=tmp_path).stdout
     assert "| anchor95_kd |" in table and "acc @6" in table
