@@ -31,6 +31,11 @@ which training never sees): the loss of every exit; then self-speculative decodi
 the acceptance rate, and whether the output equals full greedy. Time per step is ``surgeon soft``'s
 own training time / steps (the machine may be shared: the per-step figures are comparable within a run).
 
+``--tasks`` adds each exit's lm-evaluation-harness accuracy (``surgeon eval --tasks`` at ``--task-exits``).
+``--work DIR`` keeps every output, training record and measurement: a rerun with the same options reuses
+them (the training command and the measurement options are compared) and resumes an interrupted training
+(``--save-every`` sets how much an interruption can lose).
+
 Data: ``alpaca_en_demo.json`` from the ``llamafactory==0.9.5`` sdist (fetched into $SURGEON_CACHE once,
 not committed). Results: benchmarks/results/soft_frontier.json, one run per (model, steps), kept across
 invocations; the figure benchmarks/results/soft_frontier.png (full-exit loss vs mean intermediate-exit
@@ -164,17 +169,22 @@ def _measure(model: Path, data: Path, exits: list[int], prompts: list[str], args
 
 def _train(model: Path, data: Path, exits: list[int], name: str, extra: dict, dest: Path, args) -> dict:
     """``surgeon soft`` for one scheme; its training figures. With ``--work`` the output and these figures are
-    kept (a rerun measures them again without training) and an interrupted run is resumed."""
+    kept (a rerun with the same training command reuses them) and an interrupted run is resumed."""
     record = dest.with_name(f"{dest.name}.train.json")
-    if args.work and record.is_file() and (dest / "config.json").is_file():
-        print(f"{name}: reusing {dest}", file=sys.stderr, flush=True)
-        return json.loads(record.read_text())
     L = json.loads((Path(model) / "config.json").read_text())["num_hidden_layers"]
     cmd = ["soft", model, "--data", data, "--exits", str(L) if name == "sft" else ",".join(map(str, exits)),
            "--method", "full", "--steps", args.steps, "--batch-size", 4, "--seq-len", args.seq_len,
            "--lr", args.lr, "--seed", 0, "--eval-samples", 0, "-o", dest, "--force",
            *(["--save-every", args.save_every] if args.save_every is not None else []),
            *[x for kv in extra.items() for x in kv]]
+    command = " ".join(map(str, cmd))
+    if args.work and record.is_file() and (dest / "config.json").is_file():
+        kept = json.loads(record.read_text())
+        if kept.get("command", command) != command:  # (records written before the command was kept: trusted)
+            raise SystemExit(f"{dest} was trained by `surgeon {kept.get('command')}`, not `surgeon {command}`: "
+                             "give another --work")
+        print(f"{name}: reusing {dest}", file=sys.stderr, flush=True)
+        return {k: v for k, v in kept.items() if k != "command"}
     if dest.with_name(f"{dest.name}.checkpoints").joinpath("latest").is_file():  # interrupted in --work: continue
         cmd.append("--resume")
     print(f"{name}: surgeon {' '.join(map(str, cmd))}", file=sys.stderr, flush=True)
@@ -183,7 +193,7 @@ def _train(model: Path, data: Path, exits: list[int], name: str, extra: dict, de
     train = {"seconds_per_step": r["seconds_per_step"], "wall_s": round(time.perf_counter() - t, 1),
              "resumed_from": r["resumed_from"], "final_train_loss": r["losses"][-1]}
     if args.work:
-        record.write_text(json.dumps(train, indent=2) + "\n")
+        record.write_text(json.dumps({**train, "command": command}, indent=2) + "\n")
     return train
 
 

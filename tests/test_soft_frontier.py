@@ -73,6 +73,9 @@ def test_frontier_on_the_tiny_model(tiny_models, tmp_path):
     assert (work / "sft.train.json").read_text() == trained
     p = _run(*common, "--schemes", "sft", "--prompts", "1", cwd=tmp_path)
     assert p.returncode == 0 and p.stderr.count("measure.json") == 2, p.stderr[-4000:]  # untrained and sft
+    p = _run(*common[:common.index("--steps")], "--steps", "3", *common[common.index("--steps") + 2:],
+             "--schemes", "sft", "--prompts", "1", cwd=tmp_path)  # another training command: refused, named
+    assert p.returncode != 0 and "give another --work" in p.stderr and "--steps 2" in p.stderr, p.stderr[-2000:]
 
     table = _run("--results", results, "--table", cwd=tmp_path).stdout
     assert "| anchor95_kd |" in table and "acc @6" in table
