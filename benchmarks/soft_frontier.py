@@ -114,21 +114,23 @@ def _exit_losses(model: Path, data: Path, exits: list[int], samples: int, seq_le
     return {str(q["exit"]): q["loss"] for q in r["exits"]}
 
 
-def _acceptance(model: Path, prompts: list[str], draft: int, max_new: int) -> dict:
+def _acceptance(model: Path, prompts: list[str], drafts: list[int], max_new: int) -> dict[int, dict]:
+    """Self-speculative decoding drafting with each exit of ``drafts``: {exit: acceptance record}."""
     from surgeon.runtime import SortedModel
 
     sm = SortedModel.from_pretrained(model)
-    drafted = accepted = 0
-    identical = True
+    drafted, accepted, identical = dict.fromkeys(drafts, 0), dict.fromkeys(drafts, 0), dict.fromkeys(drafts, True)
     for text in prompts:
         ids = sm.encode(text, chat=bool(getattr(sm.tokenizer, "chat_template", None)))
         full = sm.generate(ids, max_new)
-        spec = sm.generate(ids, max_new, draft_exit=draft)
-        identical &= spec.tokens == full.tokens
-        drafted += spec.drafted
-        accepted += spec.accepted
-    return {"draft_exit": draft, "acceptance_rate": accepted / max(1, drafted), "drafted": drafted,
-            "identical_to_full_greedy": identical, "prompts": len(prompts), "max_new_tokens": max_new}
+        for d in drafts:
+            spec = sm.generate(ids, max_new, draft_exit=d)
+            identical[d] &= spec.tokens == full.tokens
+            drafted[d] += spec.drafted
+            accepted[d] += spec.accepted
+    return {d: {"draft_exit": d, "acceptance_rate": accepted[d] / max(1, drafted[d]), "drafted": drafted[d],
+                "identical_to_full_greedy": identical[d], "prompts": len(prompts), "max_new_tokens": max_new}
+            for d in drafts}
 
 
 def _task_accuracy(model: Path, exits: list[int], args) -> dict:
@@ -147,23 +149,37 @@ def _task_accuracy(model: Path, exits: list[int], args) -> dict:
 
 
 def _measure(model: Path, data: Path, exits: list[int], prompts: list[str], args, cache: Path | None = None) -> dict:
-    """Every exit's held-out loss, acceptance at the draft exit and (with ``--tasks``) task accuracy. With a
-    ``cache`` file (under ``--work``) a measurement made with the same options is read back, not redone."""
-    how = {"exits": exits, "data": str(data), "eval_samples": args.eval_samples, "seq_len": args.seq_len,
-           "draft_exit": args.draft_exit, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
-           "tasks": args.tasks, "task_exits": args.task_exits, "limit": args.limit, "task_data": str(args.task_data)}
-    if cache is not None and cache.is_file():
-        saved = json.loads(cache.read_text())
-        if saved.get("how") == how:
-            print(f"reusing {cache}", file=sys.stderr, flush=True)
-            return saved["measured"]
-    m = {"exit_loss": _exit_losses(model, data, exits, args.eval_samples, args.seq_len),
-         "speculative": _acceptance(model, prompts, args.draft_exit, args.max_new_tokens)}
+    """Every exit's held-out loss, acceptance at each draft exit and (with ``--tasks``) task accuracy at each
+    task exit. With a ``cache`` file (under ``--work``) each part measured before with the same options is read
+    back: a rerun measures only what is new (another draft exit, another task exit)."""
+    parts = json.loads(cache.read_text())["parts"] if cache is not None and cache.is_file() else {}
+    before = len(parts)
+    key = lambda **kw: json.dumps(kw, sort_keys=True)  # noqa: E731
+    loss_key = key(what="loss", exits=exits, data=str(data), samples=args.eval_samples, seq_len=args.seq_len)
+    if loss_key not in parts:
+        parts[loss_key] = _exit_losses(model, data, exits, args.eval_samples, args.seq_len)
+    drafts = [args.draft_exit, *([int(x) for x in args.more_draft_exits.split(",")] if args.more_draft_exits else [])]
+    spec_key = {d: key(what="speculative", draft=d, prompts=prompts, max_new_tokens=args.max_new_tokens) for d in drafts}
+    missing = [d for d in drafts if spec_key[d] not in parts]
+    if missing:
+        for d, r in _acceptance(model, prompts, missing, args.max_new_tokens).items():
+            parts[spec_key[d]] = r
+    m = {"exit_loss": parts[loss_key], "speculative": parts[spec_key[args.draft_exit]]}
+    if len(drafts) > 1:  # every draft exit measured, the draft exit's too
+        m["speculative_by_exit"] = {str(d): parts[spec_key[d]] for d in drafts}
     if args.tasks:
         task_exits = [int(x) for x in args.task_exits.split(",")] if args.task_exits else exits
-        m["task_accuracy"] = _task_accuracy(model, task_exits, args)
+        task_key = {e: key(what="tasks", exit=e, tasks=args.tasks, limit=args.limit, data=str(args.task_data))
+                    for e in task_exits}
+        missing = [e for e in task_exits if task_key[e] not in parts]
+        if missing:
+            for e, r in _task_accuracy(model, missing, args).items():
+                parts[task_key[int(e)]] = r
+        m["task_accuracy"] = {str(e): parts[task_key[e]] for e in task_exits}
     if cache is not None:
-        cache.write_text(json.dumps({"how": how, "measured": m}, indent=2) + "\n")
+        cache.write_text(json.dumps({"parts": parts}, indent=2) + "\n")
+        if before and len(parts) == before:
+            print(f"reusing {cache}", file=sys.stderr, flush=True)
     return m
 
 
@@ -272,32 +288,40 @@ def plot(results: dict, path: Path) -> None:
 
 def table(results: dict) -> str:
     """The README's table: one row per (run, scheme): every exit's held-out loss, the full exit and the
-    intermediate exits against SFT's of the same run, acceptance at the draft exit, time per step."""
+    intermediate exits against SFT's of the same run, acceptance at the draft exit (and at the best of the
+    draft exits measured, when several were), mean task accuracy per scored exit, time per step."""
     lines = []
     for key, run_ in sorted(results["runs"].items()):
         L = str(run_["num_layers"])
         exits = [str(e) for e in run_["exits"]]
-        lines += [f"\n{key} ({run_['steps']} steps; held-out loss in nats, {run_['eval_samples']} x {run_['seq_len']} "
-                  "tokens)\n",
-                  "| scheme | " + " | ".join(f"exit {e}" for e in exits) + " | full - SFT | exits <= 2L/3 - SFT (worst) | "
-                  f"acceptance @{run_['untrained']['speculative']['draft_exit']} | s/step |",
-                  "|---" * (len(exits) + 5) + "|"]
         rows = [("untrained", run_["untrained"])] + _ordered(run_["schemes"])
         task_exits = sorted({e for _, s in rows for e in s.get("task_accuracy", {})}, key=int, reverse=True)
-        if task_exits:  # mean accuracy over the tasks, with its stderr
-            lines[-2] = lines[-2][:-len(" s/step |")] + "".join(f" acc @{e} |" for e in task_exits) + " s/step |"
-            lines[-1] += "---|" * len(task_exits)
+        several = any("speculative_by_exit" in s for _, s in rows)
+        head = ["scheme", *(f"exit {e}" for e in exits), "full - SFT", "exits <= 2L/3 - SFT (worst)",
+                f"acceptance @{run_['untrained']['speculative']['draft_exit']}",
+                *(["best acceptance (exit)"] if several else []), *(f"acc @{e}" for e in task_exits), "s/step"]
+        lines += [f"\n{key} ({run_['steps']} steps; held-out loss in nats, {run_['eval_samples']} x {run_['seq_len']} "
+                  "tokens" + (f"; accuracy: mean of {run_['tasks']} at --limit {run_['task_limit']}, ± its stderr"
+                              if task_exits else "") + ")\n",
+                  "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
         for name, s in rows:
-            loss = " | ".join(f"{s['exit_loss'][e]:.2f}" for e in exits)
-            full = f"{s['full_minus_sft']:+.3f}" if "full_minus_sft" in s else "-"
-            worst = (f"{max(v for k, v in s['exits_minus_sft'].items() if int(k) <= int(L) * 2 // 3):+.2f}"
-                     if s.get("exits_minus_sft") and name != "sft" else "-")
             spec = s["speculative"]
-            acc = f"{spec['acceptance_rate']:.3f}" + ("" if spec["identical_to_full_greedy"] else " (differs!)")
-            step = f"{s['seconds_per_step']:.1f}" if "seconds_per_step" in s else "-"
-            accs = "".join(f" {a['mean']:.3f} ± {a['mean_stderr']:.3f} |" if (a := s.get("task_accuracy", {}).get(e))
-                           and a["mean"] is not None else " - |" for e in task_exits)
-            lines.append(f"| {name} | {loss} | {full} | {worst} | {acc} |{accs} {step} |")
+            cells = [name, *(f"{s['exit_loss'][e]:.2f}" for e in exits),
+                     f"{s['full_minus_sft']:+.3f}" if "full_minus_sft" in s else "-",
+                     f"{max(v for k, v in s['exits_minus_sft'].items() if int(k) <= int(L) * 2 // 3):+.2f}"
+                     if s.get("exits_minus_sft") and name != "sft" else "-",
+                     f"{spec['acceptance_rate']:.3f}" + ("" if spec["identical_to_full_greedy"] else " (differs!)")]
+            if several:
+                by = s.get("speculative_by_exit")
+                best = max(by.values(), key=lambda r: r["acceptance_rate"]) if by else None
+                cells.append(f"{best['acceptance_rate']:.3f} ({best['draft_exit']})"
+                             + ("" if all(r["identical_to_full_greedy"] for r in by.values()) else " (differs!)")
+                             if best else "-")
+            for e in task_exits:
+                a = s.get("task_accuracy", {}).get(e)
+                cells.append(f"{a['mean']:.3f} ± {a['mean_stderr']:.3f}" if a and a["mean"] is not None else "-")
+            cells.append(f"{s['seconds_per_step']:.1f}" if "seconds_per_step" in s else "-")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -309,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--schemes", default=",".join(SCHEMES))
     ap.add_argument("--exits", help="comma-separated exits (default: L/3, L/2, 2L/3, 5L/6, L)")
     ap.add_argument("--draft-exit", type=int, default=15)
+    ap.add_argument("--more-draft-exits", help="comma-separated further draft exits measured (the table: the best)")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--seq-len", type=int, default=256)

@@ -45,7 +45,7 @@ def test_frontier_on_the_tiny_model(tiny_models, tmp_path):
     data = _alpaca(tmp_path / "alpaca.json")
     results, work = tmp_path / "frontier.json", tmp_path / "work"
     common = ["--model", tiny_models["llama"], "--data", data, "--steps", "2", "--exits", "2,4,6", "--draft-exit",
-              "2", "--prompts", "2", "--max-new-tokens", "4", "--seq-len", "160", "--eval-samples", "4",
+              "2", "--more-draft-exits", "4", "--prompts", "2", "--max-new-tokens", "4", "--seq-len", "160", "--eval-samples", "4",
               "--results", results, "--work", work, "--tasks", "arc_easy", "--task-exits", "4,6", "--limit", "3",
               "--task-data", _task_data(tmp_path / "tasks")]
     p = _run(*common, "--schemes", "sft,anchor95_kd", cwd=tmp_path)
@@ -55,6 +55,8 @@ def test_frontier_on_the_tiny_model(tiny_models, tmp_path):
     sft, soft = run["schemes"]["sft"], run["schemes"]["anchor95_kd"]
     assert soft["options"] == {"--exit-weights": "anchor:0.95", "--exit-loss": "kd"}
     assert set(soft["exit_loss"]) == {"2", "4", "6"} and soft["speculative"]["identical_to_full_greedy"]
+    by = soft["speculative_by_exit"]
+    assert set(by) == {"2", "4"} and by["2"] == soft["speculative"] and by["4"]["identical_to_full_greedy"]
     assert soft["full_minus_sft"] == soft["exit_loss"]["6"] - sft["exit_loss"]["6"] and sft["full_minus_sft"] == 0
     acc = soft["task_accuracy"]
     assert set(acc) == {"4", "6"} and acc["6"]["tasks"]["arc_easy"]["chance"] == 0.25
@@ -72,10 +74,14 @@ def test_frontier_on_the_tiny_model(tiny_models, tmp_path):
     assert again["schemes"]["sft"]["speculative"]["prompts"] == 1 and again["untrained"]["speculative"]["prompts"] == 1
     assert (work / "sft.train.json").read_text() == trained
     p = _run(*common, "--schemes", "sft", "--prompts", "1", cwd=tmp_path)
-    assert p.returncode == 0 and p.stderr.count("measure.json") == 2, p.stderr[-4000:]  # untrained and sft
+    assert p.returncode == 0 and p.stderr.count("reusing") == 3, p.stderr[-4000:]  # the output, 2 measurements
+    p = _run(*common, "--schemes", "sft", "--prompts", "1", "--more-draft-exits", "4,5", cwd=tmp_path)
+    assert p.returncode == 0 and p.stderr.count("reusing") == 1, p.stderr[-4000:]  # exit 5's acceptance is new
+    both = json.loads(results.read_text())["runs"]["llama@2"]["schemes"]["sft"]
+    assert set(both["speculative_by_exit"]) == {"2", "4", "5"} and both["speculative"]["prompts"] == 1
     p = _run(*common[:common.index("--steps")], "--steps", "3", *common[common.index("--steps") + 2:],
              "--schemes", "sft", "--prompts", "1", cwd=tmp_path)  # another training command: refused, named
     assert p.returncode != 0 and "give another --work" in p.stderr and "--steps 2" in p.stderr, p.stderr[-2000:]
 
     table = _run("--results", results, "--table", cwd=tmp_path).stdout
-    assert "| anchor95_kd |" in table and "acc @6" in table
+    assert "| anchor95_kd |" in table and "acc @6" in table and "best acceptance (exit)" in table
