@@ -191,9 +191,10 @@ def _train(model: Path, data: Path, exits: list[int], name: str, extra: dict, de
     cmd = ["soft", model, "--data", data, "--exits", str(L) if name == "sft" else ",".join(map(str, exits)),
            "--method", "full", "--steps", args.steps, "--batch-size", 4, "--seq-len", args.seq_len,
            "--lr", args.lr, "--seed", 0, "--eval-samples", 0, "-o", dest, "--force",
-           *(["--save-every", args.save_every] if args.save_every is not None else []),
            *[x for kv in extra.items() for x in kv]]
-    command = " ".join(map(str, cmd))
+    command = " ".join(map(str, cmd))  # what was trained (the checkpoint interval and a resume are not part of it)
+    if args.save_every is not None:
+        cmd += ["--save-every", args.save_every]
     if args.work and record.is_file() and (dest / "config.json").is_file():
         kept = json.loads(record.read_text())
         if kept.get("command", command) != command:  # (records written before the command was kept: trusted)
