@@ -270,15 +270,19 @@ def plot(results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 5))
     markers = "osD^v<>p*"
-    for j, (_key, run) in enumerate(sorted(results["runs"].items())):
+    labelled = set()
+    for j, (key, run) in enumerate(sorted(results["runs"].items())):
         L = str(run["num_layers"])
-        for i, (name, s) in enumerate(_ordered(run["schemes"])):
+        for name, s in _ordered(run["schemes"]):  # one colour per scheme, one marker per run (model @ steps)
+            i = ORDER.index(name) if name in ORDER else len(ORDER)
             ax.scatter(s["mean_intermediate_loss"], s["exit_loss"][L], marker=markers[j % len(markers)],
-                       color=f"C{i}", label=f"{name}" if j == 0 else None, s=50)
+                       color=plt.cm.tab20(i % 20), label=None if name in labelled else name, s=50)
+            labelled.add(name)
             ax.annotate(f"{name}@{run['steps']}", (s["mean_intermediate_loss"], s["exit_loss"][L]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
         ax.axhline(run["untrained"]["exit_loss"][L], color="gray", ls=":", lw=1,
                    label="untrained full model" if j == 0 else None)
+        ax.scatter([], [], marker=markers[j % len(markers)], color="gray", label=key)  # the run's marker
     ax.set_xlabel("mean held-out loss of the intermediate exits (nats)")
     ax.set_ylabel("held-out loss of the full model (nats)")
     ax.set_title("SoFT schemes: full model vs exits (lower-left is better)")
