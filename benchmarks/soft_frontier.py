@@ -207,7 +207,10 @@ def _train(model: Path, data: Path, exits: list[int], name: str, extra: dict, de
     print(f"{name}: surgeon {' '.join(map(str, cmd))}", file=sys.stderr, flush=True)
     t = time.perf_counter()
     r = _surgeon(*cmd)["train"]
-    train = {"seconds_per_step": r["seconds_per_step"], "wall_s": round(time.perf_counter() - t, 1),
+    # a run resumed at its last checkpoint trains no step here: its time per step is unknown (None), and the
+    # results keep the figure an earlier run measured (``main``'s merge)
+    train = {"seconds_per_step": r["seconds_per_step"] if r["steps"] > r["resumed_from"] else None,
+             "wall_s": round(time.perf_counter() - t, 1),
              "resumed_from": r["resumed_from"], "final_train_loss": r["losses"][-1]}
     if args.work:
         record.write_text(json.dumps({**train, "command": command}, indent=2) + "\n")
@@ -248,6 +251,21 @@ def run(args, save=lambda out: None) -> dict:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def merge(previous: dict, run_: dict) -> dict:
+    """The run to record: ``run_`` (this invocation's schemes) over ``previous`` (the same model and steps as
+    recorded, kept only if measured at the same exits). A partial rerun keeps the schemes it did not run, and
+    a scheme it trained no step of (resumed at its last checkpoint: time per step None) keeps the time per
+    step measured before with the same options."""
+    if not previous or previous.get("exits") != run_["exits"]:
+        return run_
+    kept = previous.get("schemes", {})
+    schemes = {**kept, **run_["schemes"]}
+    for name, s in run_["schemes"].items():
+        if s.get("seconds_per_step") is None and kept.get(name, {}).get("options") == s["options"]:
+            schemes[name] = {**s, "seconds_per_step": kept[name].get("seconds_per_step")}
+    return {**run_, "schemes": schemes}
 
 
 def relative(run_: dict) -> None:
@@ -325,7 +343,7 @@ def table(results: dict) -> str:
             for e in task_exits:
                 a = s.get("task_accuracy", {}).get(e)
                 cells.append(f"{a['mean']:.3f} ± {a['mean_stderr']:.3f}" if a and a["mean"] is not None else "-")
-            cells.append(f"{s['seconds_per_step']:.1f}" if "seconds_per_step" in s else "-")
+            cells.append(f"{s['seconds_per_step']:.1f}" if s.get("seconds_per_step") is not None else "-")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -374,9 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.plot_only:
         def save(run_: dict) -> None:
             key = f"{Path(run_['model']).name}@{args.steps}"
-            previous = results["runs"].get(key, {})
-            if previous and previous.get("exits") == run_["exits"]:  # a partial rerun keeps the other schemes
-                run_ = {**run_, "schemes": {**previous.get("schemes", {}), **run_["schemes"]}}
+            run_ = merge(results["runs"].get(key, {}), run_)
             relative(run_)
             results["runs"][key] = run_
             results.update(machine=machine(), time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

@@ -89,9 +89,9 @@ def test_full_demo_every_step_holds(smollm2, tmp_path):
     heal = steps["heal"]["figures"]
     assert heal["healed"] < heal["pruned"] and heal["unpruned"] < heal["pruned"]
     # SoFT on the real model with the default scheme (the full exit anchored at 0.95, the others distilled):
-    # every intermediate exit's held-out loss ends far below its start (exit 10 starts near 20 nats; measured
-    # 0.63x and 0.50x after the demo's 20 steps), and the full model does not get worse (measured 3.37 ->
-    # 3.24; the paper's uniform mean took it to 3.53)
+    # every intermediate exit's held-out loss ends far below its start (exit 15 starts near 21 nats, exit 25
+    # near 10; measured 0.59x and 0.61x after the demo's 20 steps), and the full model does not get worse
+    # (measured 3.37 -> 3.22; the paper's uniform mean took it to 3.53)
     soft = steps["soft"]["figures"]
     for k, before in soft["before"].items():
         if int(k) < 30:
@@ -99,9 +99,9 @@ def test_full_demo_every_step_holds(smollm2, tmp_path):
         else:
             assert soft["after"][k] <= before, (before, soft["after"][k])
     assert steps["manifest"]["figures"]["valid"] and len(steps["manifest"]["figures"]["exits"]) == 3
-    assert steps["budget"]["figures"]["layers"] == 20 and steps["budget"]["figures"]["text"].strip()
+    assert steps["budget"]["figures"]["layers"] == 25 and steps["budget"]["figures"]["text"].strip()
     spec = steps["speculative"]["figures"]
-    # the default scheme keeps the full model; after 20 steps its exit 10 is not yet a usable draft (measured
-    # acceptance 0, as with exit 20; the paper's uniform scheme accepted some): identical output is the contract
-    assert spec["identical"] is True and 0 <= spec["acceptance_rate"] <= 1
+    # identical output is the contract; exit 25, the best draft exit of the measured frontier, accepts some of
+    # its drafts after the demo's 20 steps (measured 0.30; exits 10 and 20 accepted none)
+    assert spec["identical"] is True and 0 < spec["acceptance_rate"] <= 1
     assert res["outputs"] == str(out) and (out / ".surgeon-demo").is_file()

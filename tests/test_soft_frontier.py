@@ -4,6 +4,7 @@ rerun reuses the trained outputs, and their measurements when made with the same
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,9 +13,33 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # a dozen surgeon processes: about a minute on a quiet machine
-
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "soft_frontier.py"
+
+
+@pytest.fixture(scope="module")
+def frontier():
+    spec = importlib.util.spec_from_file_location("soft_frontier", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_rerun_keeps_the_other_schemes_and_a_measured_time_per_step(frontier):
+    def scheme(loss, sps, **options):
+        return {"options": options, "exit_loss": {"2": loss, "4": loss / 2}, "seconds_per_step": sps}
+
+    before = {"exits": [2, 4], "schemes": {"sft": scheme(9.0, 3.0), "kd": scheme(5.0, 4.0, kd="1")}}
+    # kd resumed at its last checkpoint (no step trained: no time), sft trained again
+    rerun = {"exits": [2, 4], "schemes": {"kd": scheme(5.0, None, kd="1"), "sft": scheme(8.0, 2.5)}}
+    got = frontier.merge(before, rerun)["schemes"]
+    assert got["kd"] == scheme(5.0, 4.0, kd="1") and got["sft"] == scheme(8.0, 2.5)
+    # other options: a different scheme under the same name, whose time is not known
+    other = {"exits": [2, 4], "schemes": {"kd": scheme(6.0, None, kd="2")}}
+    assert frontier.merge(before, other)["schemes"]["kd"]["seconds_per_step"] is None
+    assert frontier.merge(before, other)["schemes"]["sft"] == before["schemes"]["sft"]
+    # other exits: nothing of the earlier run is comparable, nothing kept
+    elsewhere = {"exits": [2, 3], "schemes": {"kd": scheme(6.0, None, kd="1")}}
+    assert frontier.merge(before, elsewhere) == elsewhere and frontier.merge({}, rerun) == rerun
 
 
 def _alpaca(path: Path, n: int = 910) -> Path:
@@ -41,6 +66,7 @@ def _run(*args, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=900, cwd=cwd, env=env)
 
 
+@pytest.mark.slow  # a dozen surgeon processes: about a minute on a quiet machine
 def test_frontier_on_the_tiny_model(tiny_models, tmp_path):
     data = _alpaca(tmp_path / "alpaca.json")
     results, work = tmp_path / "frontier.json", tmp_path / "work"

@@ -5,7 +5,7 @@
 end: 1. inspect; 2. analyze (angular distances, heatmap); 3. prune the block l*(n); 4. heal the cut
 with QLoRA (held-out loss unpruned -> pruned -> healed); 5. SoFT the original model with three
 exits; 6. validate its sorted manifest (each exit's cost and measured quality); 7. load one budget
-(``surgeon.load``, an extract) and generate; 8. self-speculative decoding with a draft exit:
+(``surgeon.load``, an extract) and generate; 8. self-speculative decoding drafting with the budget's exit:
 identical to full greedy, with its acceptance rate. ``--quick`` stops after step 3. The steps are
 sized for a demonstration (few samples, short sequences, a few dozen training steps); the README's
 measured table is the reference. :func:`demo_commands` builds the options every step runs; each step
@@ -149,7 +149,9 @@ def ensure_qwen_coder() -> Path:
 DEMO_DATA, DEMO_N = "builtin:sotu", 6
 ANALYZE_SAMPLES, ANALYZE_SEQ = 32, 256
 TRAIN_SEQ, EVAL_SAMPLES = 128, 16
-TRAIN_BATCH, HEAL_STEPS, SOFT_STEPS, SOFT_EXITS = 2, 24, 20, (10, 20, 30)
+# SoFT exits 15/25/30: exit 25 is the budget and the draft exit, the exit that drafts best in the measured
+# frontier (benchmarks/soft_frontier.py: exits 10-20 are not yet usable drafts after a few dozen steps)
+TRAIN_BATCH, HEAL_STEPS, SOFT_STEPS, SOFT_EXITS = 2, 24, 20, (15, 25, 30)
 PROMPT = "Give three tips for staying healthy."
 MARKER = ".surgeon-demo"
 STEP_NAMES = ("inspect", "analyze", "prune", "heal", "soft", "manifest", "budget", "speculative")
@@ -239,7 +241,7 @@ def demo_commands(model: Path, workdir: Path, num_layers: int, device: str = "au
                     generate.GenerateOptions(model=extracted, prompt=PROMPT, chat=True, max_new_tokens=24,
                                              device=device))),
         ("speculative", (generate.GenerateOptions(model=sorted_out, prompt=PROMPT, chat=True, max_new_tokens=48,
-                                                  draft_exit=str(SOFT_EXITS[0]), compare=True, device=device),)),
+                                                  draft_exit=str(SOFT_EXITS[1]), compare=True, device=device),)),
     ]
 
 
