@@ -83,3 +83,19 @@ def smollm2() -> Path:
 
     return ensure_demo_model()
 
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``benchmark_script("gpu_check")``: the module of ``benchmarks/gpu_check.py``, loaded from its file (the
+    benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -3,7 +3,6 @@ step's code path on the tiny fixture, so the script works the first time a task 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,11 +17,8 @@ STEPS = ("build", "plain_forward", "analyze_memory", "analyze_offload", "analyze
 
 
 @pytest.fixture(scope="module")
-def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def gpu_check(benchmark_script):
+    return benchmark_script("gpu_check")
 
 
 def test_quick_run_on_cpu_runs_every_step_and_writes_every_figure(tmp_path):

@@ -4,7 +4,6 @@ rerun reuses the trained outputs, and their measurements when made with the same
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,11 +16,8 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "soft_frontier.
 
 
 @pytest.fixture(scope="module")
-def frontier():
-    spec = importlib.util.spec_from_file_location("soft_frontier", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def frontier(benchmark_script):
+    return benchmark_script("soft_frontier")
 
 
 def test_a_rerun_keeps_the_other_schemes_and_a_measured_time_per_step(frontier):
