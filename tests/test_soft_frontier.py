@@ -38,6 +38,11 @@ def test_a_rerun_keeps_the_other_schemes_and_a_measured_time_per_step(frontier):
     assert frontier.merge(before, elsewhere) == elsewhere and frontier.merge({}, rerun) == rerun
 
 
+def test_a_run_at_another_learning_rate_is_a_run_of_its_own(frontier):
+    assert frontier.run_key({"model": "/m/llama", "steps": 2, "lr": frontier.LR}) == "llama@2"
+    assert frontier.run_key({"model": "/m/llama", "steps": 2, "lr": 1e-5}) == "llama@2,lr=1e-05"
+
+
 def _alpaca(path: Path, n: int = 910) -> Path:
     from surgeon.testing import corpus
 
