@@ -288,30 +288,38 @@ def relative(run_: dict) -> None:
 
 
 def plot(results: dict, path: Path) -> None:
+    """The frontier: one panel per model, full-exit loss against the mean intermediate-exit loss; one colour per
+    scheme, one marker per run of that model (steps, learning rate)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    models: dict[str, list] = {}
+    for key, run in sorted(results["runs"].items()):
+        models.setdefault(Path(run["model"]).name, []).append((key, run))
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5), squeeze=False)
     markers = "osD^v<>p*"
-    labelled = set()
-    for j, (key, run) in enumerate(sorted(results["runs"].items())):
-        L = str(run["num_layers"])
-        for name, s in _ordered(run["schemes"]):  # one colour per scheme, one marker per run (model @ steps)
-            i = ORDER.index(name) if name in ORDER else len(ORDER)
-            ax.scatter(s["mean_intermediate_loss"], s["exit_loss"][L], marker=markers[j % len(markers)],
-                       color=plt.cm.tab20(i % 20), label=None if name in labelled else name, s=50)
-            labelled.add(name)
-            ax.annotate(f"{name}@{run_key(run).split('@')[1]}", (s["mean_intermediate_loss"], s["exit_loss"][L]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
-        ax.axhline(run["untrained"]["exit_loss"][L], color="gray", ls=":", lw=1,
-                   label="untrained full model" if j == 0 else None)
-        ax.scatter([], [], marker=markers[j % len(markers)], color="gray", label=key)  # the run's marker
-    ax.set_xlabel("mean held-out loss of the intermediate exits (nats)")
-    ax.set_ylabel("held-out loss of the full model (nats)")
-    ax.set_title("SoFT schemes: full model vs exits (lower-left is better)")
-    ax.legend(fontsize=8)
+    for ax, (model, runs) in zip(axes[0], models.items()):
+        labelled = set()
+        for j, (key, run) in enumerate(runs):
+            L = str(run["num_layers"])
+            for name, s in _ordered(run["schemes"]):
+                i = ORDER.index(name) if name in ORDER else len(ORDER)
+                ax.scatter(s["mean_intermediate_loss"], s["exit_loss"][L], marker=markers[j % len(markers)],
+                           color=plt.cm.tab20(i % 20), label=None if name in labelled else name, s=50)
+                labelled.add(name)
+                ax.annotate(f"{name}@{key.split('@')[1]}", (s["mean_intermediate_loss"], s["exit_loss"][L]),
+                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+            lr = "" if run["lr"] == LR else f", lr {run['lr']:g}"
+            ax.scatter([], [], marker=markers[j % len(markers)], color="gray", label=f"{run['steps']} steps{lr}")
+        ax.axhline(runs[0][1]["untrained"]["exit_loss"][str(runs[0][1]["num_layers"])], color="gray", ls=":",
+                   lw=1, label="untrained full model")
+        ax.set_title(model, fontsize=10)
+        ax.set_xlabel("mean held-out loss of the intermediate exits (nats)")
+        ax.set_ylabel("held-out loss of the full model (nats)")
+        ax.legend(fontsize=7)
+    fig.suptitle("SoFT schemes: full model vs exits (lower-left is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
