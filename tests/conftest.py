@@ -84,7 +84,6 @@ def smollm2() -> Path:
     return ensure_demo_model()
 
 
-
 @pytest.fixture(scope="session")
 def benchmark_script():
     """``benchmark_script("gpu_check")``: the module of ``benchmarks/gpu_check.py``, loaded from its file (the
