@@ -64,10 +64,12 @@ def soft_cmd(model: Path, as_json: bool, **kwargs) -> None:
     The default loss keeps the full model: the deepest exit holds 95% of the weight and the
     other exits distil its distribution (--exit-weights anchor:0.95 --exit-loss kd). On
     SmolLM2-135M it costs the full model 0.044 nats against plain SFT's at 100 steps (the
-    paper's uniform mean: 0.55) and 0.035 at 400 (task accuracy within one stderr of SFT's),
-    and puts exits 10-20 7.7-8.3 nats below SFT's at 100 steps (uniform: 11.6-12.1) and
-    9.5-10.2 at 400. Its best draft exit (25) accepts 0.29 of its drafts at 100 steps
-    (uniform: 0.37; SFT: 0.24): README, "SoFT frontier". For exits to serve or draft with:
+    paper's uniform mean: 0.55) and 0.035 at 400 (uniform: 0.40; task accuracy within one
+    stderr of SFT's), and puts exits 10-20 7.7-8.3 nats below SFT's at 100 steps (uniform:
+    11.6-12.1) and 9.5-10.2 at 400. Its best draft exit (25) accepts 0.29 of its drafts at 100
+    steps (uniform: 0.37; SFT: 0.24). On Qwen2.5-Coder-0.5B (lr 1e-5, 100 steps): the full
+    model 0.004 nats from SFT's, exits 8-16 2.9-3.8 nats below SFT's, exit 20 accepts 0.36
+    (SFT: 0.34). README, "SoFT frontier". For exits to serve or draft with:
     --exit-weights anchor:0.5; the paper's loss: --exit-weights uniform --exit-loss ce.
     """
     from ..commands import soft
